@@ -1,0 +1,1 @@
+"""tinyexp: TinyML compression experiments (Hydra + Lightning + torch-pruning + MLflow)."""
