@@ -1,0 +1,352 @@
+"""Config schemas and validation: every bad value is caught here, before anything heavy runs.
+
+The YAML files in ``conf/`` say what to build; the dataclasses below say which keys each option
+takes, of which type, in which range. ``validate`` checks a composed config against them and
+raises ``ConfigError`` with one line naming the key and what is allowed. Only the standard
+library and OmegaConf are imported here, so validation costs nothing at startup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Keys of a dataset/arch node that describe it rather than being constructor arguments.
+META_KEYS = ("name", "task", "input", "threshold_quantile", "threshold_scale")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _positive(key: str, value: int | float) -> None:
+    _require(value > 0, key, f"must be > 0, got {value}")
+
+
+def _fraction(key: str, value: float, *, closed_low: bool = True) -> None:
+    low_ok = value >= 0 if closed_low else value > 0
+    _require(low_ok and value < 1, key, f"must be in {'[' if closed_low else '('}0, 1), got {value}")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class _SeriesData:
+    _target_: str
+    name: str
+    task: str = "anomaly"
+    input: str = "series"
+    seed: int = 0
+    window: int = 32
+    val_fraction: float = 0.2
+    batch_size: int = 64
+    threshold_quantile: float = 0.999
+    threshold_scale: float = 4 / 3
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 4, "dataset.window", f"must be >= 4, got {self.window}")
+        _fraction("dataset.val_fraction", self.val_fraction, closed_low=False)
+        _positive("dataset.batch_size", self.batch_size)
+        _require(0 < self.threshold_quantile <= 1, "dataset.threshold_quantile",
+                 f"must be in (0, 1], got {self.threshold_quantile}")
+        _positive("dataset.threshold_scale", self.threshold_scale)
+
+
+@dataclass
+class SensorsData(_SeriesData):
+    train_steps: int = 4000
+    test_steps: int = 4000
+    stride: int = 2
+    num_anomalies: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("train_steps", "test_steps"):
+            value = getattr(self, key)
+            _require(value >= 10 * self.window, f"dataset.{key}",
+                     f"must be >= 10 x dataset.window ({10 * self.window}), got {value}")
+        _positive("dataset.stride", self.stride)
+        _require(self.num_anomalies >= 1, "dataset.num_anomalies",
+                 f"must be >= 1, got {self.num_anomalies}")
+
+
+@dataclass
+class SkabData(_SeriesData):
+    data_dir: str = "???"
+    train_rows: int = 400
+    folders: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.train_rows > self.window, "dataset.train_rows",
+                 f"must be > dataset.window ({self.window}), got {self.train_rows}")
+        allowed = ("valve1", "valve2", "other")
+        for folder in self.folders or ():
+            _require(folder in allowed, "dataset.folders",
+                     f"unknown folder {folder!r}; allowed: {', '.join(allowed)}")
+        # Checking the folder is cheap and spares a training run that would die on it later.
+        from tinyexp.data.skab_files import check_data_dir
+
+        try:
+            check_data_dir(self.data_dir)
+        except FileNotFoundError as err:
+            raise ConfigError("dataset.data_dir", str(err).removeprefix("dataset.data_dir: "))
+
+
+@dataclass
+class DigitsData:
+    _target_: str
+    name: str = "digits"
+    task: str = "classification"
+    input: str = "image"
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _fraction("dataset.val_fraction", self.val_fraction, closed_low=False)
+        _fraction("dataset.test_fraction", self.test_fraction, closed_low=False)
+        _require(self.val_fraction + self.test_fraction < 0.9, "dataset",
+                 "val_fraction + test_fraction must leave at least 10% for training")
+        _positive("dataset.batch_size", self.batch_size)
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+@dataclass
+class CNNArch:
+    _target_: str
+    name: str = "cnn"
+    input: str = "series"
+    channels: list[int] = field(default_factory=lambda: [32, 16])
+    kernel_size: int = 7
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(len(self.channels) >= 1 and all(c > 0 for c in self.channels), "arch.channels",
+                 f"must be a non-empty list of positive ints, got {list(self.channels)}")
+        _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "arch.kernel_size",
+                 f"must be an odd int >= 1, got {self.kernel_size}")
+        _fraction("arch.dropout", self.dropout)
+
+
+@dataclass
+class LSTMArch:
+    _target_: str
+    name: str = "lstm"
+    input: str = "series"
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("arch.hidden_size", self.hidden_size)
+        _require(self.num_layers >= 1, "arch.num_layers", f"must be >= 1, got {self.num_layers}")
+        _fraction("arch.dropout", self.dropout)
+
+
+@dataclass
+class TransformerArch:
+    _target_: str
+    name: str = "transformer"
+    input: str = "series"
+    d_model: int = 32
+    num_heads: int = 4
+    num_layers: int = 2
+    ff_dim: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("arch.num_heads", self.num_heads)
+        _require(self.d_model > 0 and self.d_model % self.num_heads == 0, "arch.d_model",
+                 f"must be a positive multiple of arch.num_heads ({self.num_heads}), "
+                 f"got {self.d_model}")
+        _require(self.num_layers >= 1, "arch.num_layers", f"must be >= 1, got {self.num_layers}")
+        _positive("arch.ff_dim", self.ff_dim)
+        _fraction("arch.dropout", self.dropout)
+
+
+@dataclass
+class CustomCNNArch:
+    _target_: str
+    name: str = "custom_cnn"
+    input: str = "image"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    hidden: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(len(self.channels) >= 1 and all(c > 0 for c in self.channels), "arch.channels",
+                 f"must be a non-empty list of positive ints, got {list(self.channels)}")
+        _positive("arch.hidden", self.hidden)
+        _fraction("arch.dropout", self.dropout)
+
+
+# ----------------------------------------------------------------------------- compression
+
+
+@dataclass
+class NoPrune:
+    name: str = "none"
+
+
+@dataclass
+class L1Prune:
+    name: str = "l1"
+    ratio: float = 0.5
+    steps: int = 1
+    finetune_epochs: int = 10
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.ratio < 1, "prune.ratio", f"must be in [0, 1), got {self.ratio}")
+        _require(self.steps >= 1, "prune.steps", f"must be an int >= 1, got {self.steps}")
+        _require(self.finetune_epochs >= 0, "prune.finetune_epochs",
+                 f"must be an int >= 0, got {self.finetune_epochs}")
+        _require(self.round_to is None or self.round_to >= 1, "prune.round_to",
+                 f"must be null or an int >= 1, got {self.round_to}")
+
+
+@dataclass
+class NoQuant:
+    name: str = "none"
+
+
+# ----------------------------------------------------------------------------- the rest
+
+
+@dataclass
+class MLflowLogger:
+    name: str = "mlflow"
+    tracking_uri: str | None = None
+    experiment_name: str = "tinyexp"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment_name.strip()), "logger.experiment_name", "must not be empty")
+
+
+@dataclass
+class NoLogger:
+    name: str = "none"
+
+
+@dataclass
+class Measure:
+    opset: int = 17
+    latency_warmup: int = 20
+    latency_runs: int = 200
+
+    def __post_init__(self) -> None:
+        _require(13 <= self.opset <= 21, "measure.opset", f"must be in [13, 21], got {self.opset}")
+        _require(self.latency_warmup >= 0, "measure.latency_warmup",
+                 f"must be >= 0, got {self.latency_warmup}")
+        _require(self.latency_runs >= 5, "measure.latency_runs",
+                 f"must be >= 5, got {self.latency_runs}")
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData},
+    "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,
+             "custom_cnn": CustomCNNArch},
+    "prune": {"none": NoPrune, "l1": L1Prune},
+    "quant": {"none": NoQuant},
+    "logger": {"mlflow": MLflowLogger, "none": NoLogger},
+}
+
+# Trainer keys we check; any other pytorch_lightning.Trainer keyword passes through untouched.
+_TRAINER_INTS = {"max_epochs": 1, "devices": 1, "log_every_n_steps": 1}
+
+
+def _check_node(group: str, node: Any) -> Any:
+    """Type-check ``node`` against the schema of its option and run the range checks."""
+    _require(isinstance(node, DictConfig), group, "must be a config group option")
+    name = node.get("name")
+    options = SCHEMAS[group]
+    _require(name in options, f"{group}.name",
+             f"unknown option {name!r}; allowed: {', '.join(options)}")
+    schema = OmegaConf.structured(options[name])
+    try:
+        # Resolve against the whole config first: `${seed}` means the top-level seed.
+        merged = OmegaConf.merge(schema, OmegaConf.to_container(node, resolve=True))
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        key = f"{group}.{err.full_key}" if getattr(err, "full_key", None) else group
+        first_line = str(err).splitlines()[0]
+        if "not in" in first_line:  # unknown key
+            allowed = ", ".join(f.name for f in dataclasses.fields(options[name]))
+            raise ConfigError(key, f"unknown key for {group}={name}; allowed: {allowed}") from None
+        raise ConfigError(key, first_line) from None
+
+
+def _check_trainer(node: Any) -> None:
+    _require(isinstance(node, DictConfig) and "_target_" in node, "trainer",
+             "must be a pytorch_lightning.Trainer config with _target_")
+    for key, low in _TRAINER_INTS.items():
+        if key in node and node[key] is not None:
+            value = node[key]
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                     f"trainer.{key}", f"must be an int >= {low}, got {value!r}")
+    bar = node.get("enable_progress_bar")
+    _require(bar is None or isinstance(bar, bool), "trainer.enable_progress_bar",
+             f"must be true, false or null, got {bar!r}")
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check a composed tinyexp config; return the typed option objects by group.
+
+    Raises:
+        ConfigError: naming the first bad key and what it allows.
+    """
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    _require(not missing, missing[0] if missing else "", "is required (no default): set it "
+             "on the command line, e.g. dataset.data_dir=/path/to/SKAB")
+    seed = cfg.get("seed")
+    _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
+             f"must be an int >= 0, got {seed!r}")
+    specs = {group: _check_node(group, cfg.get(group)) for group in SCHEMAS}
+    _check_trainer(cfg.get("trainer"))
+    try:
+        specs["measure"] = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(Measure), cfg.get("measure") or {}))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"measure.{err.full_key}", str(err).splitlines()[0]) from None
+    lr = OmegaConf.select(cfg, "optim.lr")
+    _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+             and lr > 0, "optim.lr", f"must be a number > 0, got {lr!r}")
+
+    data, arch = specs["dataset"], specs["arch"]
+    _require(data.input == arch.input, "arch",
+             f"arch={arch.name} takes {arch.input} data but dataset={data.name} is {data.input} "
+             f"data; choose an architecture that takes {data.input} data")
+    if arch.name == "cnn":
+        factor = 2 ** len(arch.channels)
+        _require(data.window % factor == 0, "dataset.window",
+                 f"must be a multiple of {factor} for arch=cnn with {len(arch.channels)} "
+                 f"stride-2 layers, got {data.window}")
+    return specs
+
+
+def constructor_kwargs(node: DictConfig) -> DictConfig:
+    """The node without its descriptive keys, ready for ``hydra.utils.instantiate``."""
+    return OmegaConf.create(
+        {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in META_KEYS}
+    )

@@ -1,0 +1,202 @@
+"""One experiment, top to bottom: the only place that knows the order of stages.
+
+    data -> network -> baseline (cached or trained) -> measure
+                    -> prune + fine-tune            -> measure
+    -> log to MLflow, write metrics.json, print the table, return the objective
+
+Each stage takes objects and returns ``(network, metrics)``; this module merges the metrics
+under the stage's prefix (``baseline/mse``, ``pruned/params``, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tinyexp import cache, tracking
+from tinyexp.compress.prune import prune_l1
+from tinyexp.config import constructor_kwargs, validate
+from tinyexp.lit import train
+from tinyexp.measure.cost import artifact_cost, count_params, export_onnx
+from tinyexp.measure.metrics import anomaly_metrics, classification_metrics
+from tinyexp.summary import stage_table
+
+log = logging.getLogger(__name__)
+
+# The task metric a stage is judged by (the objective returned to a sweeper).
+PRIMARY_METRIC = {"anomaly": "f1", "classification": "accuracy"}
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    datamodule = instantiate(constructor_kwargs(cfg.dataset))
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
+    """The architecture of ``cfg.arch``, sized for the data."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if datamodule.task == "anomaly":
+        shape = {"in_channels": datamodule.num_channels, "window": datamodule.window}
+    else:
+        shape = {"in_channels": datamodule.in_channels, "num_classes": datamodule.num_classes,
+                 "image_size": datamodule.image_size}
+    return instantiate(constructor_kwargs(cfg.arch), **shape)
+
+
+def _torch_predict(net: nn.Module):
+    net.eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return predict
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def evaluate(predict: Any, datamodule: pl.LightningDataModule, cfg: DictConfig) -> dict:
+    """Task metrics of a predictor (numpy in, numpy out) on the test data."""
+    if datamodule.task == "anomaly":
+        return anomaly_metrics(predict, datamodule.segments, datamodule.window,
+                               quantile=cfg.dataset.threshold_quantile,
+                               threshold_scale=cfg.dataset.threshold_scale)
+    return classification_metrics(predict, *datamodule.test_arrays())
+
+
+def measure(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
+            artifact: Path) -> dict[str, float]:
+    """Task metrics, parameters, and the cost of the exported ONNX artifact."""
+    example = datamodule.example_input()
+    export_onnx(net, example, artifact, cfg.measure.opset)
+    return {
+        **evaluate(_torch_predict(net), datamodule, cfg),
+        "params": count_params(net),
+        **artifact_cost(artifact, example.numpy(), cfg.measure.latency_warmup,
+                        cfg.measure.latency_runs),
+    }
+
+
+def baseline_stage(net: nn.Module, datamodule: pl.LightningDataModule,
+                   cfg: DictConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the float baseline from the cache, or train it and cache it."""
+    key = cache.baseline_key(cfg)
+    info = cache.load(cfg.cache_dir, key, net)
+    if info is not None:
+        log.info("baseline: reusing cached weights %s", key)
+        return net, {**info, "cache": "hit", "key": key}
+    log.info("baseline: training %s", cfg.arch.name)
+    info = train(net, datamodule, cfg)
+    cache.store(cfg.cache_dir, key, net, info)
+    return net, {**info, "cache": "miss", "key": key}
+
+
+def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule,
+                cfg: DictConfig) -> tuple[nn.Module, dict[str, float]]:
+    """Structured L1 pruning of a copy of ``net``, fine-tuned after each step."""
+    epochs = cfg.prune.finetune_epochs
+
+    def finetune(pruned: nn.Module) -> None:
+        if epochs > 0:
+            train(pruned, datamodule, cfg, max_epochs=epochs)
+
+    pruned, report = prune_l1(copy.deepcopy(net), datamodule.example_input(),
+                              ratio=cfg.prune.ratio, steps=cfg.prune.steps, finetune=finetune,
+                              round_to=cfg.prune.round_to)
+    return pruned, {"ratio_asked": report.ratio}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+_REDUCTIONS = {"params": "param_reduction_pct", "macs": "macs_reduction_pct",
+               "size_bytes": "size_reduction_pct", "latency_ms": "latency_reduction_pct"}
+
+
+def _reductions(metrics: dict[str, float], stage: str) -> dict[str, float]:
+    """Percent saved against the float baseline (positive = smaller or faster)."""
+    out = {}
+    for name, key in _REDUCTIONS.items():
+        base, value = metrics.get(f"baseline/{name}"), metrics.get(f"{stage}/{name}")
+        if base and value is not None:
+            out[f"{stage}/{key}"] = 100.0 * (base - value) / base
+    return out
+
+
+def describe(cfg: DictConfig) -> str:
+    """A run name that says what it is: ``sensors-cnn-l1@0.5-none``."""
+    prune = cfg.prune.name if cfg.prune.name == "none" else f"{cfg.prune.name}@{cfg.prune.ratio:g}"
+    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{cfg.quant.name}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically; NaN becomes null so any JSON reader takes the file."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in data.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one experiment job and return its objective (the final stage's task metric)."""
+    validate(cfg)
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    out_dir = Path(hydra.runtime.output_dir if hydra else cfg.get("output_dir", "outputs/job"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir = Path(hydra.sweep.dir) if hydra and hydra.mode == RunMode.MULTIRUN else None
+    name = describe(cfg)
+    tags = {f"tinyexp.{g}": cfg[g].name for g in ("dataset", "arch", "prune", "quant")}
+    if hydra is not None:
+        tags["tinyexp.overrides"] = " ".join(hydra.overrides.task) or "(defaults)"
+
+    with tracking.job_run(cfg, name, tags, sweep_dir) as tracker:
+        torch.manual_seed(cfg.seed)
+        datamodule = build_datamodule(cfg)
+        net = build_net(cfg, datamodule)
+        net, info = baseline_stage(net, datamodule, cfg)
+        tracker.set_tags({"tinyexp.baseline_cache": info["cache"],
+                          "tinyexp.baseline_key": info["key"]})
+        metrics = {f"baseline/{k}": v for k, v in measure(
+            net, datamodule, cfg, out_dir / "baseline.onnx").items()}
+        metrics["baseline/epochs"] = info["epochs"]
+        final = "baseline"
+        if cfg.prune.name != "none":
+            net, report = prune_stage(net, datamodule, cfg)
+            metrics.update({f"pruned/{k}": v for k, v in measure(
+                net, datamodule, cfg, out_dir / "pruned.onnx").items()})
+            metrics.update({f"pruned/{k}": v for k, v in report.items()})
+            metrics.update(_reductions(metrics, "pruned"))
+            final = "pruned"
+
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        write_json(out_dir / "metrics.json", metrics)
+        tracker.log_metrics(metrics)
+        for artifact in ("config.yaml", "metrics.json", "baseline.onnx", "pruned.onnx"):
+            if (out_dir / artifact).exists():
+                tracker.log_artifact(out_dir / artifact)
+
+    cached = " (baseline from cache)" if info["cache"] == "hit" else ""
+    table = stage_table(metrics, f"{name}{cached}  ->  {out_dir}")
+    (out_dir / "summary.txt").write_text(table + "\n")
+    print(table, flush=True)
+    return float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"])

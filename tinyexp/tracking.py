@@ -1,0 +1,144 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One job is one MLflow run. Runs of a multirun hang under one parent run (``mlflow.parentRunId``)
+and carry a ``tinyexp.sweep`` tag, so the UI lists them side by side. A run that raises ends
+FAILED, an interrupted one KILLED: none is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """``{"prune": {"ratio": 0.5}}`` -> ``{"prune.ratio": "0.5"}`` (lists stay whole)."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: str(node)}
+
+
+class NullTracker:
+    """Used with ``logger=none``: results go to the job's folder only."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Writes to one MLflow run through an explicit client (no global active run)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another job created it between our two calls
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -> str:
+    """The parent run of a multirun, created by its first job and found by the others.
+
+    Its id is kept in the sweep folder; a file lock keeps parallel jobs from creating two.
+    """
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".mlflow_parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        id_file = sweep_dir / ".mlflow_parent_run_id"
+        if id_file.exists():
+            return id_file.read_text().strip()
+        run = client.create_run(experiment_id, run_name=name, tags={
+            "tinyexp.role": "sweep", "tinyexp.sweep": sweep_dir.name,
+            "tinyexp.sweep_dir": str(sweep_dir.resolve())})
+        # The parent only groups its children; closing it now means no crash can leave it open.
+        client.set_terminated(run.info.run_id, "FINISHED")
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text(run.info.run_id)
+        os.replace(tmp, id_file)
+        return run.info.run_id
+
+
+@contextmanager
+def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
+            sweep_dir: Path | None = None) -> Iterator[NullTracker | MlflowTracker]:
+    """Open the job's MLflow run (or a no-op tracker), log the config, close it with a status.
+
+    Args:
+        cfg: the resolved job config; logged flattened as params.
+        run_name: what the run is, e.g. ``sensors-cnn-l1@0.5-none``.
+        tags: searchable tags (dataset, arch, pruning, quantization, ...).
+        sweep_dir: the multirun folder when the job is part of one.
+    """
+    if cfg.logger.name != "mlflow":
+        yield NullTracker()
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.logger.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, cfg.logger.experiment_name)
+    tags = dict(tags)
+    if sweep_dir is not None:
+        tags["tinyexp.sweep"] = sweep_dir.name
+        tags["mlflow.parentRunId"] = _sweep_parent(
+            client, experiment_id, sweep_dir, f"sweep {sweep_dir.parent.name}/{sweep_dir.name}")
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    tracker = MlflowTracker(client, run.info.run_id)
+    try:
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        items = [mlflow.entities.Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a request
+            client.log_batch(run.info.run_id, params=items[start:start + 100])
+        yield tracker
+    except KeyboardInterrupt:
+        client.set_terminated(run.info.run_id, "KILLED")
+        raise
+    except BaseException as err:
+        tracker.set_tags({"tinyexp.error": f"{type(err).__name__}: {err}"[:5000]})
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run.info.run_id, "FINISHED")
