@@ -103,7 +103,7 @@ class SkabData(_SeriesData):
         from tinyexp.data.skab_files import check_data_dir
 
         try:
-            check_data_dir(self.data_dir)
+            check_data_dir(self.data_dir, self.folders)
         except FileNotFoundError as err:
             raise ConfigError("dataset.data_dir", str(err).removeprefix("dataset.data_dir: "))
 
@@ -316,6 +316,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: naming the first bad key and what it allows.
     """
+    # A sweeper hands over the config with Hydra's own node, whose job fields are not set yet.
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     missing = sorted(OmegaConf.missing_keys(cfg))
     _require(not missing, missing[0] if missing else "", "is required (no default): set it "
              "on the command line, e.g. dataset.data_dir=/path/to/SKAB")

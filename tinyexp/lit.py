@@ -29,6 +29,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARN
 logging.getLogger("pytorch_lightning.accelerators.cuda").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*The number of training batches.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
 
 
 class ReconstructionTask(pl.LightningModule):
@@ -128,6 +129,7 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
         ``epochs``, ``best_val_loss`` and ``train_seconds``.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    net.train()  # Lightning keeps the mode it finds; a measured (eval) net must train with dropout
     task = TASKS[datamodule.task](net, instantiate(cfg.optim))
     best = RestoreBest()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [best]

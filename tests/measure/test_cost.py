@@ -1,0 +1,47 @@
+"""Cost figures come from the exported artifact: MACs read off the graph, real file, real timing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tinyexp.measure.cost import artifact_cost, count_macs, count_params, export_onnx
+
+
+def test_macs_of_conv_linear_and_lstm_match_hand_counts(tmp_path):
+    conv = nn.Sequential(nn.Conv1d(8, 16, 7, padding=3), nn.ReLU(),
+                         nn.ConvTranspose1d(16, 4, 4, stride=2, padding=1))
+    export_onnx(conv, torch.randn(1, 8, 20), tmp_path / "conv.onnx")
+    # Conv: 16 out channels x 20 steps x (8 x 7); ConvTranspose: 16 x 20 inputs x (4 x 4).
+    assert count_macs(tmp_path / "conv.onnx") == 16 * 20 * 8 * 7 + 16 * 20 * 4 * 4
+
+    class Rnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 12, batch_first=True)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    export_onnx(Rnn(), torch.randn(1, 10, 8), tmp_path / "rnn.onnx")
+    assert count_macs(tmp_path / "rnn.onnx") == 10 * 4 * 12 * (8 + 12) + 10 * 12 * 3
+
+
+def test_attention_matmuls_are_counted(tmp_path):
+    class Attn(nn.Module):
+        def forward(self, x):  # (1, 6, 4): scores 6x6 over 4 dims, then 6x4 over 6
+            return torch.softmax(x @ x.transpose(1, 2), -1) @ x
+
+    export_onnx(Attn(), torch.randn(1, 6, 4), tmp_path / "attn.onnx")
+    assert count_macs(tmp_path / "attn.onnx") == 6 * 6 * 4 + 6 * 4 * 6
+
+
+def test_artifact_cost_reports_file_size_and_latency(tmp_path):
+    net = nn.Linear(16, 4)
+    path = export_onnx(net, torch.randn(1, 16), tmp_path / "lin.onnx")
+    cost = artifact_cost(path, torch.randn(1, 16).numpy(), warmup=1, runs=5)
+    assert cost["size_bytes"] == path.stat().st_size > count_params(net) * 4
+    assert cost["macs"] == 16 * 4
+    assert 0 < cost["latency_ms"] <= cost["latency_p90_ms"]
+    assert not list(tmp_path.glob("*.tmp*")), "export must leave no temporary files"

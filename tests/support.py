@@ -1,0 +1,31 @@
+"""Helpers shared by the tests (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SKAB_DIR = Path(os.environ.get("TINYEXP_SKAB_DIR", ROOT.parent / "shared" / "data" / "skab"))
+
+# A job small enough for the fast tier: a few batches, short series, short latency timing.
+TINY = [
+    "trainer=smoke",
+    "dataset.train_steps=640",
+    "dataset.test_steps=640",
+    "prune.finetune_epochs=1",
+    "measure.latency_warmup=1",
+    "measure.latency_runs=5",
+]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m tinyexp ARGS`` in ``cwd`` with a private MLflow store and cache."""
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
+                "PYTHONPATH": str(ROOT), "CI": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tinyexp", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,1 @@
+"""Task metrics computed from a numpy ``predict`` callable (torch model or ONNX Runtime session)."""
