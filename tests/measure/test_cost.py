@@ -45,3 +45,25 @@ def test_artifact_cost_reports_file_size_and_latency(tmp_path):
     assert cost["macs"] == 16 * 4
     assert 0 < cost["latency_ms"] <= cost["latency_p90_ms"]
     assert not list(tmp_path.glob("*.tmp*")), "export must leave no temporary files"
+
+
+def test_every_architecture_exports_with_all_shapes_known(tmp_path):
+    from tinyexp.models.cnn import ConvAutoencoder
+    from tinyexp.models.custom_cnn import CustomCNN
+    from tinyexp.models.lstm import LSTMAutoencoder
+    from tinyexp.models.transformer import TransformerAutoencoder
+
+    nets = {
+        "cnn": (ConvAutoencoder(8, 32), torch.randn(1, 32, 8)),
+        "lstm": (LSTMAutoencoder(8, 32, hidden_size=16), torch.randn(1, 32, 8)),
+        "transformer": (TransformerAutoencoder(8, 32), torch.randn(1, 32, 8)),
+        "custom_cnn": (CustomCNN(1, 10, 8), torch.randn(1, 1, 8, 8)),
+    }
+    # LSTM autoencoder by hand: encoder 32 steps x 4*16 gates x (8 + 16), decoder the same
+    # over 16 inputs, head 32 x 16 x 8.
+    lstm_macs = 32 * 64 * (8 + 16) + 32 * 64 * (16 + 16) + 32 * 16 * 8
+    for name, (net, x) in nets.items():
+        macs = count_macs(export_onnx(net, x, tmp_path / f"{name}.onnx"))
+        assert macs > 0, name
+        if name == "lstm":
+            assert macs == lstm_macs

@@ -25,7 +25,11 @@ def count_params(net: nn.Module) -> int:
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> Path:
-    """Export ``net`` to ONNX with a dynamic batch axis; the file appears whole or not at all."""
+    """Export ``net`` to ONNX for batch-1 inference; the file appears whole or not at all.
+
+    Shapes are static, as a microcontroller runtime wants them, which also lets every tensor
+    shape in the graph be inferred (MAC counting needs them).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
@@ -39,7 +43,6 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 
             torch.onnx.export(
                 net, (example,), tmp, dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
         os.replace(tmp, path)
     finally:
@@ -48,10 +51,31 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 
     return path
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[int]:
-    # The only symbolic dimension of our exports is the batch: count MACs for batch 1.
-    return [d.dim_value if d.HasField("dim_value") else 1
-            for d in value_info.type.tensor_type.shape.dim]
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Shape of every tensor of the graph, from one batch-1 run in ONNX Runtime.
+
+    Static inference loses track of shapes the exporter computes at run time (an LSTM's
+    initial states, ``repeat``); running the graph once on zeros is exact for any graph.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    listed = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in listed:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {}
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        feed[inp.name] = np.zeros(shape, dtype=np.float32)
+    outputs = session.run(None, feed)
+    shapes.update({o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs,
+                                                          strict=True)})
+    shapes.update({name: list(value.shape) for name, value in feed.items()})
+    return shapes
 
 
 def count_macs(path: Path) -> int:
@@ -60,26 +84,33 @@ def count_macs(path: Path) -> int:
     Counts Conv, ConvTranspose, Gemm, MatMul (attention's QK^T and AV included) and LSTM; element-
     wise ops, normalization and activations are not counted. FLOPs are about 2 x MACs.
     """
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    graph = model.graph
-    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
-    shapes.update({init.name: list(init.dims) for init in graph.initializer})
+    graph = onnx.load(str(path)).graph
+    known = _tensor_shapes(path)
     macs = 0
     for node in graph.node:
         op, ins, outs = node.op_type, node.input, node.output
+        if op not in ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM"):
+            continue
+
+        def shape(name: str, node: onnx.NodeProto = node) -> list[int]:
+            if known.get(name) is None:  # never count an unknown shape as zero
+                raise ValueError(f"count_macs: no shape for {name!r} (input of {node.op_type} "
+                                 f"{node.name!r})")
+            return known[name]
+
         if op == "Conv":
-            weight, out = shapes[ins[1]], shapes[outs[0]]
+            weight, out = shape(ins[1]), shape(outs[0])
             macs += int(np.prod(out)) * int(np.prod(weight[1:]))
         elif op == "ConvTranspose":
-            x, weight = shapes[ins[0]], shapes[ins[1]]
+            x, weight = shape(ins[0]), shape(ins[1])
             macs += int(np.prod(x)) * int(np.prod(weight[1:]))
         elif op in ("MatMul", "Gemm"):
-            a, out = shapes[ins[0]], shapes[outs[0]]
+            a, out = shape(ins[0]), shape(outs[0])
             trans_a = any(a_.name == "transA" and a_.i for a_ in node.attribute)
             inner = a[-2] if (op == "Gemm" and trans_a) else a[-1]
             macs += int(np.prod(out)) * inner
         elif op == "LSTM":
-            x, weight, recur = shapes[ins[0]], shapes[ins[1]], shapes[ins[2]]
+            x, weight, recur = shape(ins[0]), shape(ins[1]), shape(ins[2])
             directions, gates, inputs = weight
             hidden = recur[-1]
             steps, batch = x[0], x[1]

@@ -40,8 +40,8 @@ class LSTMAutoencoder(nn.Module):
 
     Args:
         in_channels: Number of series (features) per time step, ``C``.
-        window: Window length ``W`` the model is built for (the forward pass reads the
-            actual length from the input).
+        window: Window length ``W`` the model is built for; the decoder runs for exactly
+            ``W`` steps, so the exported graph has static shapes throughout.
         hidden_size: Hidden units of every LSTM layer.
         num_layers: Layers in the encoder and, separately, in the decoder.
         dropout: Dropout between stacked LSTM layers.
@@ -71,5 +71,5 @@ class LSTMAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         summary = self.encoder(x)[:, -1, :]  # (B, H): top layer's last hidden state
         # feed the summary at every step; repeat (not expand) gives the LSTM a dense input
-        repeated = summary.unsqueeze(1).repeat(1, x.shape[1], 1)
+        repeated = summary.unsqueeze(1).repeat(1, self.window, 1)
         return self.head(self.decoder(repeated))
