@@ -6,7 +6,6 @@ import json
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from support import TINY, run_cli
 
 
@@ -126,3 +125,20 @@ def test_exception_inside_a_job_marks_its_run_failed(tmp_path):
     _, runs = _runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "no_such_flag" in runs[0].data.tags["tinyexp.error"]
+
+
+@pytest.mark.parametrize("args", [
+    ["arch=lstm"],
+    ["arch=transformer"],
+    ["dataset=digits", "arch=custom_cnn"],
+], ids=["lstm", "transformer", "digits-custom_cnn"])
+def test_every_architecture_runs_end_to_end(tmp_path, args):
+    tiny = TINY if "dataset=digits" not in args else [a for a in TINY if "_steps" not in a]
+    result = run_cli([*tiny, *args, "logger=none", "hydra.run.dir=out", "cache_dir=cache"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["pruned/params"] < metrics["baseline/params"]
+    assert metrics["pruned/macs"] < metrics["baseline/macs"]
+    task_metric = "accuracy" if "dataset=digits" in args else "f1"
+    assert 0 <= metrics[f"pruned/{task_metric}"] <= 1

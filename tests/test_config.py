@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from support import CONF, SKAB_DIR
 
 from tinyexp.config import ConfigError, validate
-
-from support import CONF, SKAB_DIR
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
 

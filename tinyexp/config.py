@@ -39,7 +39,8 @@ def _positive(key: str, value: int | float) -> None:
 
 def _fraction(key: str, value: float, *, closed_low: bool = True) -> None:
     low_ok = value >= 0 if closed_low else value > 0
-    _require(low_ok and value < 1, key, f"must be in {'[' if closed_low else '('}0, 1), got {value}")
+    interval = "[0, 1)" if closed_low else "(0, 1)"
+    _require(low_ok and value < 1, key, f"must be in {interval}, got {value}")
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -105,7 +106,8 @@ class SkabData(_SeriesData):
         try:
             check_data_dir(self.data_dir, self.folders)
         except FileNotFoundError as err:
-            raise ConfigError("dataset.data_dir", str(err).removeprefix("dataset.data_dir: "))
+            message = str(err).removeprefix("dataset.data_dir: ")
+            raise ConfigError("dataset.data_dir", message) from None
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 # Row order: task metrics first, then cost. The change column is relative, lower or higher.
-_ORDER = ("mse", "f1", "far", "mar", "roc_auc", "accuracy", "recall", "params", "macs",
+_ORDER = ("mse", "accuracy", "recall", "f1", "far", "mar", "roc_auc", "params", "macs",
           "size_bytes", "latency_ms", "latency_p90_ms")
 
 

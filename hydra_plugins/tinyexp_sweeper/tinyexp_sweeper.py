@@ -7,7 +7,7 @@ first and stops with one line naming the bad key, before any job runs.
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -17,8 +17,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 @dataclass
 class TinyexpSweeperConf:
     _target_: str = "hydra_plugins.tinyexp_sweeper.tinyexp_sweeper.TinyexpSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
 
 
 # Hydra loads plugin modules outside sys.modules: no `from __future__ import annotations` here,
@@ -27,7 +27,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="tinyexp", node=Tinyexp
                              provider="tinyexp")
 
 
-def validate_jobs(hydra_context: Any, config: Any, jobs: List[List[str]]) -> None:
+def validate_jobs(hydra_context: Any, config: Any, jobs: list[list[str]]) -> None:
     """Compose each job's config and validate it; exit with status 2 on the first bad one."""
     from tinyexp.config import ConfigError, validate
 
@@ -42,7 +42,7 @@ def validate_jobs(hydra_context: Any, config: Any, jobs: List[List[str]]) -> Non
 
 
 class TinyexpSweeper(BasicSweeper):
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
