@@ -57,6 +57,11 @@ BAD = [
     (["optim.lr=0"], "optim.lr", "> 0"),
     (["dataset.val_fraction=1.0"], "dataset.val_fraction", "(0, 1)"),
     (["measure.latency_runs=1"], "measure.latency_runs", ">= 5"),
+    (["quant=qat", "quant.weight_bits=1"], "quant.weight_bits", "[2, 8]"),
+    (["quant=qat", "quant.act_bits=16"], "quant.act_bits", "[2, 8]"),
+    (["quant=int8", "quant.calibrate_method=magic"], "quant.calibrate_method", "minmax"),
+    (["quant=int16x8", "quant.calibration_samples=0"], "quant.calibration_samples", ">= 1"),
+    (["quant=fp16", "+quant.per_channel=true"], "quant.per_channel", "allowed: name"),
 ]
 
 

@@ -231,6 +231,46 @@ class NoQuant:
     name: str = "none"
 
 
+@dataclass
+class DynamicQuant:
+    name: str = "dynamic"
+    per_channel: bool = False
+
+
+@dataclass
+class StaticQuant:
+    name: str = "int8"
+    calibration_samples: int = 256
+    per_channel: bool = True
+    calibrate_method: str = "minmax"
+
+    def __post_init__(self) -> None:
+        _require(self.calibration_samples >= 1, "quant.calibration_samples",
+                 f"must be an int >= 1, got {self.calibration_samples}")
+        methods = ("minmax", "entropy", "percentile")
+        _require(self.calibrate_method in methods, "quant.calibrate_method",
+                 f"must be one of {', '.join(methods)}, got {self.calibrate_method!r}")
+
+
+@dataclass
+class FP16Quant:
+    name: str = "fp16"
+
+
+@dataclass
+class QATQuant:
+    name: str = "qat"
+    weight_bits: int = 8
+    act_bits: int = 8
+    epochs: int = 10
+
+    def __post_init__(self) -> None:
+        for key in ("weight_bits", "act_bits"):
+            value = getattr(self, key)
+            _require(2 <= value <= 8, f"quant.{key}", f"must be an int in [2, 8], got {value}")
+        _require(self.epochs >= 1, "quant.epochs", f"must be an int >= 1, got {self.epochs}")
+
+
 # ----------------------------------------------------------------------------- the rest
 
 
@@ -268,7 +308,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,
              "custom_cnn": CustomCNNArch},
     "prune": {"none": NoPrune, "l1": L1Prune},
-    "quant": {"none": NoQuant},
+    "quant": {"none": NoQuant, "dynamic": DynamicQuant, "int8": StaticQuant,
+              "int16x8": StaticQuant, "fp16": FP16Quant, "qat": QATQuant},
     "logger": {"mlflow": MLflowLogger, "none": NoLogger},
 }
 

@@ -1,7 +1,8 @@
 """One experiment, top to bottom: the only place that knows the order of stages.
 
-    data -> network -> baseline (cached or trained) -> measure
-                    -> prune + fine-tune            -> measure
+    data -> network -> baseline (cached or trained)   -> measure
+                    -> prune + fine-tune              -> measure
+                    -> quantize (ONNX Runtime PTQ, or Brevitas QAT) -> measure in the runtime
     -> log to MLflow, write metrics.json, print the table, return the objective
 
 Each stage takes objects and returns ``(network, metrics)``; this module merges the metrics
@@ -29,9 +30,11 @@ from torch import nn
 
 from tinyexp import cache, tracking
 from tinyexp.compress.prune import prune_l1
+from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
 from tinyexp.config import constructor_kwargs, validate
 from tinyexp.lit import train
-from tinyexp.measure.cost import artifact_cost, count_params, export_onnx
+from tinyexp.measure.cost import (artifact_cost, compact_onnx, count_params, export_onnx,
+                                  ort_session)
 from tinyexp.measure.metrics import anomaly_metrics, classification_metrics
 from tinyexp.summary import stage_table
 
@@ -71,6 +74,18 @@ def _torch_predict(net: nn.Module):
     return predict
 
 
+def _ort_predict(path: Path):
+    """Predict with the artifact itself in ONNX Runtime (batch 1: its shapes are static)."""
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+    return predict
+
+
 # ----------------------------------------------------------------------------- stages
 
 
@@ -83,17 +98,23 @@ def evaluate(predict: Any, datamodule: pl.LightningDataModule, cfg: DictConfig) 
     return classification_metrics(predict, *datamodule.test_arrays())
 
 
-def measure(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
+def measure(predict: Any, net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
             artifact: Path) -> dict[str, float]:
-    """Task metrics, parameters, and the cost of the exported ONNX artifact."""
-    example = datamodule.example_input()
-    export_onnx(net, example, artifact, cfg.measure.opset)
+    """Task metrics of ``predict``, parameters of ``net``, and the cost of ``artifact``."""
     return {
-        **evaluate(_torch_predict(net), datamodule, cfg),
+        **evaluate(predict, datamodule, cfg),
         "params": count_params(net),
-        **artifact_cost(artifact, example.numpy(), cfg.measure.latency_warmup,
-                        cfg.measure.latency_runs),
+        "weight_bytes": weight_bytes(artifact),
+        **artifact_cost(artifact, datamodule.example_input().numpy(),
+                        cfg.measure.latency_warmup, cfg.measure.latency_runs),
     }
+
+
+def measure_float(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
+                  artifact: Path) -> dict[str, float]:
+    """Export a float network to ONNX and measure it (task metrics computed in PyTorch)."""
+    export_onnx(net, datamodule.example_input(), artifact, cfg.measure.opset)
+    return measure(_torch_predict(net), net, datamodule, cfg, artifact)
 
 
 def baseline_stage(net: nn.Module, datamodule: pl.LightningDataModule,
@@ -125,6 +146,37 @@ def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule,
     return pruned, {"ratio_asked": report.ratio}
 
 
+def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
+                   artifact: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantize the final float network into ``artifact``; report what stayed in float."""
+    quant = cfg.quant
+    example = datamodule.example_input()
+    if quant.name == "qat":
+        from tinyexp.compress.qat import export_qcdq, to_qat
+
+        net = to_qat(net, quant.weight_bits, quant.act_bits)
+        train(net, datamodule, cfg, max_epochs=quant.epochs)
+        export_qcdq(net, example, artifact)
+    else:
+        spec = PTQSpec(mode=quant.name, **{k: quant[k] for k in (
+            "calibration_samples", "per_channel", "calibrate_method") if k in quant})
+        calibration = (datamodule.calibration_windows(quant.calibration_samples)
+                       if "calibration_samples" in quant else None)
+        source = export_onnx(net, example, artifact.with_suffix(".float.onnx"),
+                             cfg.measure.opset, compact=False)
+        try:
+            quantize_onnx(source, artifact, spec, calibration)
+        finally:
+            source.unlink(missing_ok=True)
+    compact_onnx(artifact)
+    left = float_compute_ops(artifact)
+    if left:
+        log.warning("quant=%s: ONNX Runtime runs %s in float32 in this model (recorded on the "
+                    "run as tinyexp.quant_float_ops)", quant.name,
+                    ", ".join(f"{n} x{c}" for n, c in sorted(left.items())))
+    return net, {"float_ops": left}
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -132,20 +184,31 @@ _REDUCTIONS = {"params": "param_reduction_pct", "macs": "macs_reduction_pct",
                "size_bytes": "size_reduction_pct", "latency_ms": "latency_reduction_pct"}
 
 
+_TASK_METRICS = ("mse", "f1", "far", "mar", "roc_auc", "accuracy", "recall")
+
+
 def _reductions(metrics: dict[str, float], stage: str) -> dict[str, float]:
-    """Percent saved against the float baseline (positive = smaller or faster)."""
+    """Percent saved against the float baseline (positive = smaller or faster), and the
+    change of each task metric (``<metric>_delta`` = stage minus baseline)."""
     out = {}
     for name, key in _REDUCTIONS.items():
         base, value = metrics.get(f"baseline/{name}"), metrics.get(f"{stage}/{name}")
         if base and value is not None:
             out[f"{stage}/{key}"] = 100.0 * (base - value) / base
+    for name in _TASK_METRICS:
+        base, value = metrics.get(f"baseline/{name}"), metrics.get(f"{stage}/{name}")
+        if base is not None and value is not None:
+            out[f"{stage}/{name}_delta"] = value - base
     return out
 
 
 def describe(cfg: DictConfig) -> str:
-    """A run name that says what it is: ``sensors-cnn-l1@0.5-none``."""
+    """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
     prune = cfg.prune.name if cfg.prune.name == "none" else f"{cfg.prune.name}@{cfg.prune.ratio:g}"
-    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{cfg.quant.name}"
+    quant = cfg.quant.name
+    if quant == "qat":
+        quant = f"qat-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{quant}"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -176,22 +239,34 @@ def run(cfg: DictConfig) -> float:
         net, info = baseline_stage(net, datamodule, cfg)
         tracker.set_tags({"tinyexp.baseline_cache": info["cache"],
                           "tinyexp.baseline_key": info["key"]})
-        metrics = {f"baseline/{k}": v for k, v in measure(
+        metrics = {f"baseline/{k}": v for k, v in measure_float(
             net, datamodule, cfg, out_dir / "baseline.onnx").items()}
         metrics["baseline/epochs"] = info["epochs"]
         final = "baseline"
         if cfg.prune.name != "none":
             net, report = prune_stage(net, datamodule, cfg)
-            metrics.update({f"pruned/{k}": v for k, v in measure(
+            metrics.update({f"pruned/{k}": v for k, v in measure_float(
                 net, datamodule, cfg, out_dir / "pruned.onnx").items()})
             metrics.update({f"pruned/{k}": v for k, v in report.items()})
-            metrics.update(_reductions(metrics, "pruned"))
             final = "pruned"
+        if cfg.quant.name != "none":
+            artifact = out_dir / "quantized.onnx"
+            qnet, report = quantize_stage(net, datamodule, cfg, artifact)
+            metrics.update({f"quantized/{k}": v for k, v in measure(
+                _ort_predict(artifact), qnet, datamodule, cfg, artifact).items()})
+            metrics["quantized/float_compute_ops"] = sum(report["float_ops"].values())
+            tracker.set_tags({"tinyexp.quant_float_ops": ", ".join(
+                f"{n} x{c}" for n, c in sorted(report["float_ops"].items())) or "none"})
+            final = "quantized"
+        for stage in ("pruned", "quantized"):
+            if f"{stage}/params" in metrics:
+                metrics.update(_reductions(metrics, stage))
 
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
         write_json(out_dir / "metrics.json", metrics)
         tracker.log_metrics(metrics)
-        for artifact in ("config.yaml", "metrics.json", "baseline.onnx", "pruned.onnx"):
+        for artifact in ("config.yaml", "metrics.json", "baseline.onnx", "pruned.onnx",
+                         "quantized.onnx"):
             if (out_dir / artifact).exists():
                 tracker.log_artifact(out_dir / artifact)
 

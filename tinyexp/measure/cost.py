@@ -24,11 +24,13 @@ def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> Path:
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17,
+                compact: bool = True) -> Path:
     """Export ``net`` to ONNX for batch-1 inference; the file appears whole or not at all.
 
-    Shapes are static, as a microcontroller runtime wants them, which also lets every tensor
-    shape in the graph be inferred (MAC counting needs them).
+    Shapes are static, as a microcontroller runtime wants them. ``compact`` shortens the names
+    (see ``compact_onnx``); keep them for a file that goes on to ONNX Runtime's quantizer,
+    which trips over some renamed transformer graphs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,11 +46,49 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 
                 net, (example,), tmp, dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"],
             )
+        if compact:
+            compact_onnx(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def compact_onnx(path: Path) -> Path:
+    """Rename every node and internal tensor to a short id and drop shape annotations.
+
+    Exporters and quantizers name tensors after module paths ("/encoder/encoder.0/Conv_output_0
+    _QuantizeLinear_Output"); in a small model those strings can outweigh the weights. A
+    deployed file needs none of them, and every stage gets the same treatment, so sizes compare
+    fairly. Graph inputs and outputs keep their names.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in graph.node for a in node.attribute):
+        return path  # control flow with subgraphs: leave it as exported
+    keep = {v.name for v in [*graph.input, *graph.output]}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for index, node in enumerate(graph.node):
+        node.name = f"n{index:x}"  # unique: ONNX Runtime's quantizer keys its tables by node name
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    del model.metadata_props[:]
+    model.doc_string = graph.doc_string = ""
+    tmp = Path(path).with_suffix(".compact.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:
@@ -78,18 +118,31 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]]:
     return shapes
 
 
+# op -> (kind, index of the data input, index of the weight input). Integer kernels from
+# quantization count like their float originals: quantization changes precision, not work.
+_MAC_OPS = {
+    "Conv": ("conv", 0, 1), "ConvInteger": ("conv", 0, 1), "QLinearConv": ("conv", 0, 3),
+    "ConvTranspose": ("convT", 0, 1),
+    "MatMul": ("matmul", 0, 1), "Gemm": ("matmul", 0, 1), "MatMulInteger": ("matmul", 0, 1),
+    "QLinearMatMul": ("matmul", 0, 3), "DynamicQuantizeMatMul": ("matmul", 0, 1),
+    "MatMulIntegerToFloat": ("matmul", 0, 1),
+    "LSTM": ("lstm", 0, 1), "DynamicQuantizeLSTM": ("lstm", 0, 1),
+}
+
+
 def count_macs(path: Path) -> int:
     """Multiply-accumulates of one batch-1 inference, read off the ONNX graph.
 
-    Counts Conv, ConvTranspose, Gemm, MatMul (attention's QK^T and AV included) and LSTM; element-
-    wise ops, normalization and activations are not counted. FLOPs are about 2 x MACs.
+    Counts Conv, ConvTranspose, Gemm, MatMul (attention's QK^T and AV included) and LSTM, and
+    the integer kernels quantization puts in their place; element-wise ops, normalization and
+    activations are not counted. FLOPs are about 2 x MACs.
     """
     graph = onnx.load(str(path)).graph
     known = _tensor_shapes(path)
     macs = 0
     for node in graph.node:
-        op, ins, outs = node.op_type, node.input, node.output
-        if op not in ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM"):
+        op, ins, outs = node.op_type, list(node.input), node.output
+        if op not in _MAC_OPS:
             continue
 
         def shape(name: str, node: onnx.NodeProto = node) -> list[int]:
@@ -98,23 +151,20 @@ def count_macs(path: Path) -> int:
                                  f"{node.name!r})")
             return known[name]
 
-        if op == "Conv":
-            weight, out = shape(ins[1]), shape(outs[0])
-            macs += int(np.prod(out)) * int(np.prod(weight[1:]))
-        elif op == "ConvTranspose":
-            x, weight = shape(ins[0]), shape(ins[1])
-            macs += int(np.prod(x)) * int(np.prod(weight[1:]))
-        elif op in ("MatMul", "Gemm"):
-            a, out = shape(ins[0]), shape(outs[0])
-            trans_a = any(a_.name == "transA" and a_.i for a_ in node.attribute)
-            inner = a[-2] if (op == "Gemm" and trans_a) else a[-1]
-            macs += int(np.prod(out)) * inner
-        elif op == "LSTM":
-            x, weight, recur = shape(ins[0]), shape(ins[1]), shape(ins[2])
-            directions, gates, inputs = weight
-            hidden = recur[-1]
-            steps, batch = x[0], x[1]
-            macs += directions * steps * batch * gates * (inputs + hidden)
+        kind, x_at, w_at = _MAC_OPS[op]
+        if kind == "conv":  # output elements x (input channels per group x kernel)
+            macs += int(np.prod(shape(outs[0]))) * int(np.prod(shape(ins[w_at])[1:]))
+        elif kind == "convT":  # input elements x (output channels per group x kernel)
+            macs += int(np.prod(shape(ins[x_at]))) * int(np.prod(shape(ins[w_at])[1:]))
+        elif kind == "matmul":
+            a = shape(ins[x_at])
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            macs += int(np.prod(shape(outs[0]))) * (a[-2] if trans_a else a[-1])
+        else:  # LSTM: every step, 4 gates x hidden units x (inputs + hidden)
+            steps, batch, inputs = shape(ins[0])
+            hidden = shape(ins[2])[-1] if op == "LSTM" else shape(ins[2])[1]
+            directions = shape(ins[1])[0]
+            macs += directions * steps * batch * 4 * hidden * (inputs + hidden)
     return macs
 
 

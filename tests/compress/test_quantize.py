@@ -1,0 +1,115 @@
+"""Post-training quantization: real ONNX Runtime artifacts, measured in the runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
+from tinyexp.measure.cost import compact_onnx, count_macs, export_onnx, ort_session
+from tinyexp.models.cnn import ConvAutoencoder
+from tinyexp.models.custom_cnn import CustomCNN
+from tinyexp.models.lstm import LSTMAutoencoder
+from tinyexp.models.transformer import TransformerAutoencoder
+
+MODES = ["dynamic", "int8", "int16x8", "fp16"]
+
+
+def _nets():
+    torch.manual_seed(0)
+    series = torch.randn(64, 32, 8)
+    images = torch.rand(64, 1, 8, 8)
+    return {
+        "cnn": (ConvAutoencoder(8, 32), series),
+        "lstm": (LSTMAutoencoder(8, 32, hidden_size=16), series),
+        "transformer": (TransformerAutoencoder(8, 32), series),
+        "custom_cnn": (CustomCNN(1, 10, 8), images),
+    }
+
+
+def _run(path, x):
+    session = ort_session(path)
+    return np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.mark.parametrize("arch", ["cnn", "lstm", "transformer", "custom_cnn"])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_quantizes_every_architecture(tmp_path, arch, mode):
+    net, data = _nets()[arch]
+    net.eval()
+    x = data.numpy()
+    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec(mode, calibration_samples=32), x[:32])
+    onnx.checker.check_model(str(dst))
+    with torch.no_grad():
+        reference = net(data).numpy()
+    out = _run(dst, x)
+    assert out.shape == reference.shape
+    # The artifact really is quantized: not bit-identical to float, yet close to it.
+    error = np.abs(out - reference).max()
+    assert 0 < error < 0.25 * np.abs(reference).max() + 0.05, error
+    assert count_macs(dst) == count_macs(src)  # precision changes, the work does not
+    assert weight_bytes(dst) < weight_bytes(src)
+
+
+def test_int8_stores_weights_in_a_quarter_of_the_bytes(tmp_path):
+    net, data = _nets()["custom_cnn"]
+    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), data.numpy())
+    ratio = weight_bytes(dst) / weight_bytes(src)
+    assert 0.25 <= ratio < 0.4, ratio  # int8 weights; int32 biases and scales stay wider
+
+
+def test_static_int8_keeps_lstm_in_float_and_says_so(tmp_path):
+    net, data = _nets()["lstm"]
+    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    static = quantize_onnx(src, tmp_path / "s.onnx", PTQSpec("int8"), data.numpy())
+    dynamic = quantize_onnx(src, tmp_path / "d.onnx", PTQSpec("dynamic"))
+    assert float_compute_ops(static)["LSTM"] == 2
+    assert float_compute_ops(dynamic)["LSTM"] == 0  # DynamicQuantizeLSTM: int8 weights
+
+
+def test_fully_fused_int8_conv_model_has_no_float_compute(tmp_path):
+    net, data = _nets()["custom_cnn"]
+    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), data.numpy())
+    assert sum(float_compute_ops(dst).values()) == 0
+
+
+def test_static_modes_need_calibration_data(tmp_path):
+    net, data = _nets()["cnn"]
+    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), None)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_weight_bytes_counts_clipped_integers_at_their_bit_width(tmp_path):
+    weights = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Clip", ["w", "lo", "hi"], ["wc"]),
+         onnx.helper.make_node("Cast", ["wc"], ["wf"], to=onnx.TensorProto.FLOAT),
+         onnx.helper.make_node("MatMul", ["input", "wf"], ["output"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(weights, "w"),
+         onnx.numpy_helper.from_array(np.array(-8, np.int8), "lo"),
+         onnx.numpy_helper.from_array(np.array(7, np.int8), "hi")],
+    )
+    path = tmp_path / "clip.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    assert weight_bytes(path) == 16 * 0.5 + 2  # 16 four-bit weights + two int8 bounds
+
+
+def test_compact_names_shrinks_the_file_and_keeps_outputs(tmp_path):
+    net, data = _nets()["transformer"]
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(net.eval(), (data[:1],), str(path), dynamo=False,
+                      input_names=["input"], output_names=["output"])
+    before, reference = path.stat().st_size, _run(path, data[:4].numpy())
+    compact_onnx(path)
+    assert path.stat().st_size < before
+    np.testing.assert_allclose(_run(path, data[:4].numpy()), reference, rtol=1e-5, atol=1e-6)

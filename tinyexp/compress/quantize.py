@@ -1,0 +1,207 @@
+"""Post-training quantization of an exported ONNX model with ONNX Runtime's tools.
+
+Four modes, named after the TFLite converter options the studies we reproduce compare:
+
+* ``dynamic``: int8 weights, activations quantized on the fly (dynamic range).
+* ``int8``: full-integer static quantization, weights and activations int8, calibrated on
+  training data (QDQ format, per-channel weights).
+* ``int16x8``: static quantization with 16-bit activations and 8-bit weights.
+* ``fp16``: float16 weights and compute.
+
+The result is a file ONNX Runtime runs: the numbers measured on it are the deployed model's.
+ONNX Runtime does not quantize every operator in every mode (static QDQ keeps ``LSTM`` in
+float, dynamic mode has no ``ConvTranspose``); ``float_compute_ops`` finds what stayed float so
+the pipeline records the fallback instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+# Operators that carry the multiply-accumulates: the ones whose precision matters.
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM",
+               "FusedConv", "FusedGemm", "FusedMatMul"}  # ONNX Runtime's fused float kernels
+# Integer kernels that dynamic quantization puts in their place.
+INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+               "QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"}
+
+
+@dataclass
+class PTQSpec:
+    """What to do; mirrors the ``quant`` config group."""
+
+    mode: str                      # dynamic | int8 | int16x8 | fp16
+    calibration_samples: int = 256
+    per_channel: bool = True
+    calibrate_method: str = "minmax"  # minmax | entropy | percentile
+
+
+class _Calibration:
+    """ONNX Runtime calibration reader over a numpy batch, one batch-1 sample at a time."""
+
+    def __init__(self, input_name: str, samples: np.ndarray) -> None:
+        self.input_name = input_name
+        self.samples = np.ascontiguousarray(samples, dtype=np.float32)
+        self._iter: Iterator[dict] | None = None
+
+    def get_next(self) -> dict | None:
+        if self._iter is None:
+            self._iter = ({self.input_name: s[None]} for s in self.samples)
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = None
+
+
+def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> None:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = dst.with_name(dst.stem + ".prep.onnx")
+    # Symbolic shape inference fails on the transformer graphs; ONNX's own is enough here.
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[spec.calibrate_method]
+    # uint8 activations with int8 weights is ONNX Runtime's fast path on x86 (u8s8 kernels).
+    activation = QuantType.QInt16 if spec.mode == "int16x8" else QuantType.QUInt8
+    root = logging.getLogger()
+    level = root.level
+    # The quantizer warns on the root logger for every 1-D tensor it cannot quantize per
+    # channel (LayerNorm weights); those stay per-tensor, which is what we want anyway.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(prepared), str(dst), _Calibration("input", calibration),
+            quant_format=QuantFormat.QDQ, activation_type=activation,
+            weight_type=QuantType.QInt8, per_channel=spec.per_channel, calibrate_method=method,
+        )
+    finally:
+        root.setLevel(level)
+        prepared.unlink(missing_ok=True)
+
+
+def _dynamic(src: Path, dst: Path, spec: PTQSpec) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     per_channel=spec.per_channel)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Inputs and outputs stay float32 so the same data feeds every stage.
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    # The converter appends its input casts at the end of the node list; ONNX wants the
+    # nodes in execution order.
+    _sort_topologically(model.graph)
+    onnx.save(model, str(dst))
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            raise ValueError("graph has a cycle or an input nobody produces")
+        ordered += runnable
+        for node in runnable:
+            ready.update(node.output)
+        taken = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in taken]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def quantize_onnx(src: Path, dst: Path, spec: PTQSpec,
+                  calibration: np.ndarray | None = None) -> Path:
+    """Quantize the float ONNX model ``src`` into ``dst`` (written whole or not at all).
+
+    Args:
+        src: float model exported by ``measure.cost.export_onnx``.
+        dst: where the quantized model goes.
+        spec: the mode and its settings.
+        calibration: input samples (N, ...) for the static modes.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if spec.mode in ("int8", "int16x8"):
+            if calibration is None or len(calibration) == 0:
+                raise ValueError(f"quant={spec.mode} needs calibration samples")
+            _static(Path(src), tmp, spec, calibration)
+        elif spec.mode == "dynamic":
+            _dynamic(Path(src), tmp, spec)
+        elif spec.mode == "fp16":
+            _fp16(Path(src), tmp)
+        else:
+            raise ValueError(f"unknown post-training quantization mode {spec.mode!r}")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def float_compute_ops(path: Path) -> Counter:
+    """Compute operators that ONNX Runtime still runs in float32, by type.
+
+    Read off the graph as ONNX Runtime optimizes it for the CPU: a QDQ ``Conv`` it can fuse
+    becomes ``QLinearConv``; one it cannot (``ConvTranspose``, ``LSTM``) stays a float op
+    between Dequantize and Quantize nodes, and is counted here.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(optimized))).graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*graph.input, *graph.value_info, *graph.output]}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    left: Counter = Counter()
+    for node in graph.node:
+        if node.op_type in COMPUTE_OPS and types.get(node.input[0]) == onnx.TensorProto.FLOAT:
+            left[node.op_type] += 1
+    return left
+
+
+def weight_bytes(path: Path) -> float:
+    """Bytes of the stored tensors at their bit-width, packed.
+
+    Every initializer counts at its element size, except integer tensors that the graph clips
+    to a narrower range before use (Brevitas' QCDQ export of sub-8-bit weights): those count
+    at the clipped bit-width, so 4-bit weights take half a byte each.
+    """
+    graph = onnx.load(str(path)).graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:  # tensors stored in Constant nodes (clip bounds, shapes, ...)
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value":
+                consts[node.output[0]] = onnx.numpy_helper.to_array(attr.t)
+    clipped_bits: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Clip" and len(node.input) == 3 and node.input[0] in consts:
+            low, high = consts.get(node.input[1]), consts.get(node.input[2])
+            if low is not None and high is not None:
+                levels = int(np.asarray(high).item()) - int(np.asarray(low).item()) + 1
+                clipped_bits[node.input[0]] = max(1, int(np.ceil(np.log2(levels))))
+    return sum(array.size * clipped_bits.get(name, array.dtype.itemsize * 8) / 8
+               for name, array in consts.items())
