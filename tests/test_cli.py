@@ -150,7 +150,8 @@ def test_quantized_stage_is_measured_on_the_runtime_artifact(tmp_path):
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["quantized/size_bytes"] == (out / "quantized.onnx").stat().st_size
-    assert metrics["quantized/weight_bytes"] < 0.5 * metrics["pruned/weight_bytes"]
+    # Conv weights int8; the transposed convolutions have no int8 kernel and stay float32.
+    assert metrics["quantized/weight_bytes"] < 0.75 * metrics["pruned/weight_bytes"]
     assert metrics["quantized/size_reduction_pct"] > metrics["pruned/size_reduction_pct"]
     assert metrics["quantized/macs"] == metrics["pruned/macs"]
     # Metrics come from running the int8 file: close to the float model's, not identical.
@@ -158,7 +159,7 @@ def test_quantized_stage_is_measured_on_the_runtime_artifact(tmp_path):
     assert metrics["quantized/mse"] == pytest.approx(metrics["pruned/mse"], rel=0.2)
     assert metrics["quantized/f1_delta"] == pytest.approx(
         metrics["quantized/f1"] - metrics["baseline/f1"])
-    # The CNN's transposed convolutions have no int8 kernel in ONNX Runtime: said, not hidden.
+    # ... and that fallback is said, not hidden.
     assert metrics["quantized/float_compute_ops"] == 2
     _, runs = _runs(tmp_path)
     assert runs[0].info.run_name == "sensors-cnn-l1@0.5-int8"

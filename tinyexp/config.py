@@ -243,8 +243,12 @@ class StaticQuant:
     calibration_samples: int = 256
     per_channel: bool = True
     calibrate_method: str = "minmax"
+    format: str = "qdq"
 
     def __post_init__(self) -> None:
+        formats = ("qoperator", "qdq") if self.name == "int8" else ("qdq",)
+        _require(self.format in formats, "quant.format",
+                 f"must be {' or '.join(formats)} for quant={self.name}, got {self.format!r}")
         _require(self.calibration_samples >= 1, "quant.calibration_samples",
                  f"must be an int >= 1, got {self.calibration_samples}")
         methods = ("minmax", "entropy", "percentile")

@@ -159,7 +159,7 @@ def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: Dict
         export_qcdq(net, example, artifact)
     else:
         spec = PTQSpec(mode=quant.name, **{k: quant[k] for k in (
-            "calibration_samples", "per_channel", "calibrate_method") if k in quant})
+            "calibration_samples", "per_channel", "calibrate_method", "format") if k in quant})
         calibration = (datamodule.calibration_windows(quant.calibration_samples)
                        if "calibration_samples" in quant else None)
         source = export_onnx(net, example, artifact.with_suffix(".float.onnx"),

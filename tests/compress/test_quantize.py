@@ -35,13 +35,15 @@ def _run(path, x):
 
 
 @pytest.mark.parametrize("arch", ["cnn", "lstm", "transformer", "custom_cnn"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "int8-qdq"])
 def test_every_mode_quantizes_every_architecture(tmp_path, arch, mode):
     net, data = _nets()[arch]
     net.eval()
     x = data.numpy()
     src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec(mode, calibration_samples=32), x[:32])
+    mode, _, fmt = mode.partition("-")
+    spec = PTQSpec(mode, calibration_samples=32, format=fmt or "qoperator")
+    dst = compact_onnx(quantize_onnx(src, tmp_path / "q.onnx", spec, x[:32]))
     onnx.checker.check_model(str(dst))
     with torch.no_grad():
         reference = net(data).numpy()
@@ -54,10 +56,11 @@ def test_every_mode_quantizes_every_architecture(tmp_path, arch, mode):
     assert weight_bytes(dst) < weight_bytes(src)
 
 
-def test_int8_stores_weights_in_a_quarter_of_the_bytes(tmp_path):
+@pytest.mark.parametrize("fmt", ["qoperator", "qdq"])
+def test_int8_stores_weights_in_a_quarter_of_the_bytes(tmp_path, fmt):
     net, data = _nets()["custom_cnn"]
     src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), data.numpy())
+    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8", format=fmt), data.numpy())
     ratio = weight_bytes(dst) / weight_bytes(src)
     assert 0.25 <= ratio < 0.4, ratio  # int8 weights; int32 biases and scales stay wider
 
@@ -65,17 +68,27 @@ def test_int8_stores_weights_in_a_quarter_of_the_bytes(tmp_path):
 def test_static_int8_keeps_lstm_in_float_and_says_so(tmp_path):
     net, data = _nets()["lstm"]
     src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    static = quantize_onnx(src, tmp_path / "s.onnx", PTQSpec("int8"), data.numpy())
+    static = quantize_onnx(src, tmp_path / "s.onnx", PTQSpec("int8", format="qdq"), data.numpy())
     dynamic = quantize_onnx(src, tmp_path / "d.onnx", PTQSpec("dynamic"))
     assert float_compute_ops(static)["LSTM"] == 2
     assert float_compute_ops(dynamic)["LSTM"] == 0  # DynamicQuantizeLSTM: int8 weights
 
 
-def test_fully_fused_int8_conv_model_has_no_float_compute(tmp_path):
+@pytest.mark.parametrize("fmt", ["qoperator", "qdq"])
+def test_fully_fused_int8_conv_model_has_no_float_compute(tmp_path, fmt):
     net, data = _nets()["custom_cnn"]
     src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), data.numpy())
+    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8", format=fmt), data.numpy())
     assert sum(float_compute_ops(dst).values()) == 0
+
+
+def test_transposed_convolutions_stay_float_in_int8_and_are_reported(tmp_path):
+    net, data = _nets()["cnn"]
+    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    for fmt in ("qoperator", "qdq"):
+        dst = quantize_onnx(src, tmp_path / f"{fmt}.onnx", PTQSpec("int8", format=fmt),
+                            data.numpy())
+        assert float_compute_ops(dst) == {"ConvTranspose": 2}, fmt
 
 
 def test_static_modes_need_calibration_data(tmp_path):

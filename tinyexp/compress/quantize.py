@@ -4,7 +4,7 @@ Four modes, named after the TFLite converter options the studies we reproduce co
 
 * ``dynamic``: int8 weights, activations quantized on the fly (dynamic range).
 * ``int8``: full-integer static quantization, weights and activations int8, calibrated on
-  training data (QDQ format, per-channel weights).
+  training data (integer operators, per-channel weights).
 * ``int16x8``: static quantization with 16-bit activations and 8-bit weights.
 * ``fp16``: float16 weights and compute.
 
@@ -43,6 +43,7 @@ class PTQSpec:
     calibration_samples: int = 256
     per_channel: bool = True
     calibrate_method: str = "minmax"  # minmax | entropy | percentile
+    format: str = "qdq"            # static int8: qoperator (QLinearConv, QGemm, ...) or qdq
 
 
 class _Calibration:
@@ -74,6 +75,10 @@ def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> Non
               "percentile": CalibrationMethod.Percentile}[spec.calibrate_method]
     # uint8 activations with int8 weights is ONNX Runtime's fast path on x86 (u8s8 kernels).
     activation = QuantType.QInt16 if spec.mode == "int16x8" else QuantType.QUInt8
+    # QOperator stores integer operators (QLinearConv, QGemm): what an int8 deployment runs,
+    # and smaller than QDQ's quantize/dequantize pairs. 16-bit activations exist only as QDQ.
+    quant_format = QuantFormat.QOperator if (
+        spec.format == "qoperator" and spec.mode == "int8") else QuantFormat.QDQ
     root = logging.getLogger()
     level = root.level
     # The quantizer warns on the root logger for every 1-D tensor it cannot quantize per
@@ -82,7 +87,7 @@ def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> Non
     try:
         quantize_static(
             str(prepared), str(dst), _Calibration("input", calibration),
-            quant_format=QuantFormat.QDQ, activation_type=activation,
+            quant_format=quant_format, activation_type=activation,
             weight_type=QuantType.QInt8, per_channel=spec.per_channel, calibrate_method=method,
         )
     finally:

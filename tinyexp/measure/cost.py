@@ -85,6 +85,11 @@ def compact_onnx(path: Path) -> Path:
     del graph.value_info[:]
     del model.metadata_props[:]
     model.doc_string = graph.doc_string = ""
+    # Quantizers declare every operator domain they know; keep the ones the graph uses.
+    used = {node.domain for node in graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
     tmp = Path(path).with_suffix(".compact.tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, path)
@@ -124,7 +129,8 @@ _MAC_OPS = {
     "Conv": ("conv", 0, 1), "ConvInteger": ("conv", 0, 1), "QLinearConv": ("conv", 0, 3),
     "ConvTranspose": ("convT", 0, 1),
     "MatMul": ("matmul", 0, 1), "Gemm": ("matmul", 0, 1), "MatMulInteger": ("matmul", 0, 1),
-    "QLinearMatMul": ("matmul", 0, 3), "DynamicQuantizeMatMul": ("matmul", 0, 1),
+    "QLinearMatMul": ("matmul", 0, 3), "QGemm": ("matmul", 0, 3),
+    "DynamicQuantizeMatMul": ("matmul", 0, 1),
     "MatMulIntegerToFloat": ("matmul", 0, 1),
     "LSTM": ("lstm", 0, 1), "DynamicQuantizeLSTM": ("lstm", 0, 1),
 }
