@@ -164,3 +164,17 @@ def test_quantized_stage_is_measured_on_the_runtime_artifact(tmp_path):
     _, runs = _runs(tmp_path)
     assert runs[0].info.run_name == "sensors-cnn-l1@0.5-int8"
     assert runs[0].data.tags["tinyexp.quant_float_ops"] == "ConvTranspose x2"
+
+
+def test_qat_reports_file_bytes_and_packed_weight_bytes(tmp_path):
+    result = run_cli(["-m", *TINY, "quant=qat", "quant.epochs=1", "quant.weight_bits=4,8",
+                      "logger=none", "cache_dir=cache", "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    w4, w8 = (json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+              for job in ("0", "1"))
+    # Sub-8-bit weights travel in int8 containers: the file is the same size, the packed
+    # weights are not.
+    assert w4["quantized/size_bytes"] == pytest.approx(w8["quantized/size_bytes"], rel=0.02)
+    assert w4["quantized/weight_bytes"] < 0.7 * w8["quantized/weight_bytes"]
+    assert (tmp_path / "sweep" / "0" / "quantized.onnx").is_file()
+    assert "qat-w4a8" in result.stdout

@@ -33,8 +33,7 @@ from tinyexp.compress.prune import prune_l1
 from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
 from tinyexp.config import constructor_kwargs, validate
 from tinyexp.lit import train
-from tinyexp.measure.cost import (artifact_cost, compact_onnx, count_params, export_onnx,
-                                  ort_session)
+from tinyexp.measure.cost import artifact_cost, compact_onnx, count_params, export_onnx, ort_session
 from tinyexp.measure.metrics import anomaly_metrics, classification_metrics
 from tinyexp.summary import stage_table
 
@@ -152,9 +151,11 @@ def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: Dict
     quant = cfg.quant
     example = datamodule.example_input()
     if quant.name == "qat":
-        from tinyexp.compress.qat import export_qcdq, to_qat
+        from tinyexp.compress.qat import calibrate, export_qcdq, to_qat
 
         net = to_qat(net, quant.weight_bits, quant.act_bits)
+        # Set activation scales from data first: fresh quantizers clip to [-1, 1].
+        calibrate(net, torch.from_numpy(datamodule.calibration_windows(256)))
         train(net, datamodule, cfg, max_epochs=quant.epochs)
         export_qcdq(net, example, artifact)
     else:

@@ -64,8 +64,7 @@ class _Calibration:
 
 
 def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> None:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = dst.with_name(dst.stem + ".prep.onnx")
