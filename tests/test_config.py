@@ -62,6 +62,7 @@ BAD = [
     (["quant=int8", "quant.calibrate_method=magic"], "quant.calibrate_method", "minmax"),
     (["quant=int16x8", "quant.calibration_samples=0"], "quant.calibration_samples", ">= 1"),
     (["quant=fp16", "+quant.per_channel=true"], "quant.per_channel", "allowed: name"),
+    (["quant=int16x8", "quant.format=qoperator"], "quant.format", "qdq for quant=int16x8"),
 ]
 
 
