@@ -294,6 +294,20 @@ class NoLogger:
 
 
 @dataclass
+class Target:
+    name: str
+    board: str = "generic"
+    flash_bytes: int = 1048576
+    ram_bytes: int = 262144
+    clock_mhz: float = 64.0
+
+    def __post_init__(self) -> None:
+        _positive("target.flash_bytes", self.flash_bytes)
+        _positive("target.ram_bytes", self.ram_bytes)
+        _positive("target.clock_mhz", self.clock_mhz)
+
+
+@dataclass
 class Measure:
     opset: int = 17
     latency_warmup: int = 20
@@ -316,6 +330,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "int16x8": StaticQuant, "fp16": FP16Quant, "qat": QATQuant},
     "logger": {"mlflow": MLflowLogger, "none": NoLogger},
 }
+# Groups whose options all share one schema (users add their own options as YAML files).
+SHARED_SCHEMAS: dict[str, type] = {"target": Target}
 
 # Trainer keys we check; any other pytorch_lightning.Trainer keyword passes through untouched.
 _TRAINER_INTS = {"max_epochs": 1, "devices": 1, "log_every_n_steps": 1}
@@ -325,7 +341,7 @@ def _check_node(group: str, node: Any) -> Any:
     """Type-check ``node`` against the schema of its option and run the range checks."""
     _require(isinstance(node, DictConfig), group, "must be a config group option")
     name = node.get("name")
-    options = SCHEMAS[group]
+    options = SCHEMAS.get(group) or {name: SHARED_SCHEMAS[group]}
     _require(name in options, f"{group}.name",
              f"unknown option {name!r}; allowed: {', '.join(options)}")
     schema = OmegaConf.structured(options[name])
@@ -371,7 +387,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     seed = cfg.get("seed")
     _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
              f"must be an int >= 0, got {seed!r}")
-    specs = {group: _check_node(group, cfg.get(group)) for group in SCHEMAS}
+    specs = {group: _check_node(group, cfg.get(group)) for group in [*SCHEMAS, *SHARED_SCHEMAS]}
     _check_trainer(cfg.get("trainer"))
     try:
         specs["measure"] = OmegaConf.to_object(

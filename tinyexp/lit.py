@@ -116,7 +116,8 @@ def _progress_bar(setting: bool | None) -> bool:
 
 
 def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *,
-          max_epochs: int | None = None) -> dict[str, Any]:
+          max_epochs: int | None = None,
+          extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train ``net`` in place with the Trainer, optimizer and callbacks of ``cfg``.
 
     Args:
@@ -124,6 +125,7 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
         datamodule: provides ``train_dataloader``/``val_dataloader`` and ``task``.
         cfg: the full config (``trainer``, ``optim``, ``callbacks``, ``seed``).
         max_epochs: overrides ``trainer.max_epochs`` (fine-tuning).
+        extra_callbacks: added to the configured ones (e.g. an Optuna pruning callback).
 
     Returns:
         ``epochs``, ``best_val_loss`` and ``train_seconds``.
@@ -133,6 +135,7 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
     task = TASKS[datamodule.task](net, instantiate(cfg.optim))
     best = RestoreBest()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [best]
+    callbacks += extra_callbacks or []
     overrides: dict[str, Any] = {
         "callbacks": callbacks,
         "enable_progress_bar": _progress_bar(cfg.trainer.get("enable_progress_bar")),

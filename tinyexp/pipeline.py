@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tinyexp import cache, tracking
+from tinyexp import cache, search, tracking
 from tinyexp.compress.prune import prune_l1
 from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
 from tinyexp.config import constructor_kwargs, validate
@@ -130,14 +130,14 @@ def baseline_stage(net: nn.Module, datamodule: pl.LightningDataModule,
     return net, {**info, "cache": "miss", "key": key}
 
 
-def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule,
-                cfg: DictConfig) -> tuple[nn.Module, dict[str, float]]:
+def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
+                callbacks: list[pl.Callback]) -> tuple[nn.Module, dict[str, float]]:
     """Structured L1 pruning of a copy of ``net``, fine-tuned after each step."""
     epochs = cfg.prune.finetune_epochs
 
     def finetune(pruned: nn.Module) -> None:
         if epochs > 0:
-            train(pruned, datamodule, cfg, max_epochs=epochs)
+            train(pruned, datamodule, cfg, max_epochs=epochs, extra_callbacks=callbacks)
 
     pruned, report = prune_l1(copy.deepcopy(net), datamodule.example_input(),
                               ratio=cfg.prune.ratio, steps=cfg.prune.steps, finetune=finetune,
@@ -146,7 +146,7 @@ def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule,
 
 
 def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
-                   artifact: Path) -> tuple[nn.Module, dict[str, Any]]:
+                   artifact: Path, callbacks: list[pl.Callback]) -> tuple[nn.Module, dict]:
     """Quantize the final float network into ``artifact``; report what stayed in float."""
     quant = cfg.quant
     example = datamodule.example_input()
@@ -156,7 +156,7 @@ def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: Dict
         net = to_qat(net, quant.weight_bits, quant.act_bits)
         # Set activation scales from data first: fresh quantizers clip to [-1, 1].
         calibrate(net, torch.from_numpy(datamodule.calibration_windows(256)))
-        train(net, datamodule, cfg, max_epochs=quant.epochs)
+        train(net, datamodule, cfg, max_epochs=quant.epochs, extra_callbacks=callbacks)
         export_qcdq(net, example, artifact)
     else:
         spec = PTQSpec(mode=quant.name, **{k: quant[k] for k in (
@@ -221,19 +221,30 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(cfg: DictConfig) -> float:
-    """Run one experiment job and return its objective (the final stage's task metric)."""
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment job.
+
+    Returns:
+        ``objective`` (the final stage's task metric), ``final_stage`` and the flat
+        ``metrics``: what a sweeper needs to judge the job.
+    """
     validate(cfg)
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     out_dir = Path(hydra.runtime.output_dir if hydra else cfg.get("output_dir", "outputs/job"))
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_dir = Path(hydra.sweep.dir) if hydra and hydra.mode == RunMode.MULTIRUN else None
     name = describe(cfg)
-    tags = {f"tinyexp.{g}": cfg[g].name for g in ("dataset", "arch", "prune", "quant")}
+    tags = {f"tinyexp.{g}": cfg[g].name for g in ("dataset", "arch", "prune", "quant", "target")}
     if hydra is not None:
         tags["tinyexp.overrides"] = " ".join(hydra.overrides.task) or "(defaults)"
 
+    trial = cfg.get("optuna")
+    if trial:
+        tags.update({"tinyexp.study": trial.study_name, "tinyexp.trial": str(trial.trial_number)})
+
     with tracking.job_run(cfg, name, tags, sweep_dir) as tracker:
+        pruning = search.pruning_callback(cfg)
+        callbacks = [pruning] if pruning else []
         torch.manual_seed(cfg.seed)
         datamodule = build_datamodule(cfg)
         net = build_net(cfg, datamodule)
@@ -245,14 +256,14 @@ def run(cfg: DictConfig) -> float:
         metrics["baseline/epochs"] = info["epochs"]
         final = "baseline"
         if cfg.prune.name != "none":
-            net, report = prune_stage(net, datamodule, cfg)
+            net, report = prune_stage(net, datamodule, cfg, callbacks)
             metrics.update({f"pruned/{k}": v for k, v in measure_float(
                 net, datamodule, cfg, out_dir / "pruned.onnx").items()})
             metrics.update({f"pruned/{k}": v for k, v in report.items()})
             final = "pruned"
         if cfg.quant.name != "none":
             artifact = out_dir / "quantized.onnx"
-            qnet, report = quantize_stage(net, datamodule, cfg, artifact)
+            qnet, report = quantize_stage(net, datamodule, cfg, artifact, callbacks)
             metrics.update({f"quantized/{k}": v for k, v in measure(
                 _ort_predict(artifact), qnet, datamodule, cfg, artifact).items()})
             metrics["quantized/float_compute_ops"] = sum(report["float_ops"].values())
@@ -273,6 +284,20 @@ def run(cfg: DictConfig) -> float:
 
     cached = " (baseline from cache)" if info["cache"] == "hit" else ""
     table = stage_table(metrics, f"{name}{cached}  ->  {out_dir}")
+    fits = [f"{stage} {'fits' if fits_target(metrics, stage, cfg.target) else 'does not fit'}"
+            for stage in ("baseline", "pruned", "quantized") if f"{stage}/flash_bytes" in metrics]
+    table += f"\ntarget {cfg.target.name} ({cfg.target.flash_bytes:,} B flash, " \
+             f"{cfg.target.ram_bytes:,} B RAM): " + ", ".join(fits)
     (out_dir / "summary.txt").write_text(table + "\n")
     print(table, flush=True)
-    return float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"])
+    return {
+        "objective": float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"]),
+        "final_stage": final,
+        "metrics": metrics,
+    }
+
+
+def fits_target(metrics: dict[str, float], stage: str, target: DictConfig) -> bool:
+    """Whether a stage's deployable file and peak activations fit the target's memory."""
+    return (metrics[f"{stage}/flash_bytes"] <= target.flash_bytes
+            and metrics[f"{stage}/ram_bytes"] <= target.ram_bytes)

@@ -6,7 +6,8 @@ import math
 
 # Row order: task metrics first, then cost. The change column is relative, lower or higher.
 _ORDER = ("mse", "accuracy", "recall", "f1", "far", "mar", "roc_auc", "params", "macs",
-          "size_bytes", "weight_bytes", "latency_ms", "latency_p90_ms")
+          "size_bytes", "weight_bytes", "flash_bytes", "ram_bytes", "latency_ms",
+          "latency_p90_ms")
 
 
 def _fmt(value: float | None) -> str:

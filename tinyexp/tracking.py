@@ -100,6 +100,41 @@ def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -
         return run.info.run_id
 
 
+def _client(cfg: DictConfig) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return MlflowClient(tracking_uri=uri)
+
+
+def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str) -> str | None:
+    """Get or create the parent run of a sweep or study (None when ``logger=none``).
+
+    A sweeper calls this before its first job so the experiment and the parent exist up
+    front; the jobs then find the same parent through the sweep folder.
+    """
+    if cfg.logger.name != "mlflow":
+        return None
+    client = _client(cfg)
+    experiment_id = _experiment_id(client, cfg.logger.experiment_name)
+    return _sweep_parent(client, experiment_id, Path(sweep_dir), name)
+
+
+def log_to_run(cfg: DictConfig, run_id: str, metrics: dict[str, float] | None = None,
+               params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+               artifacts: list[Path] | None = None) -> None:
+    """Add metrics, params, tags and files to an existing run (a sweep's parent, say)."""
+    if cfg.logger.name != "mlflow" or run_id is None:
+        return
+    tracker = MlflowTracker(_client(cfg), run_id)
+    tracker.log_metrics(metrics or {})
+    tracker.set_tags(tags or {})
+    for key, value in (params or {}).items():
+        tracker.client.log_param(run_id, key, str(value)[:6000])
+    for path in artifacts or []:
+        tracker.log_artifact(Path(path))
+
+
 @contextmanager
 def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
             sweep_dir: Path | None = None) -> Iterator[NullTracker | MlflowTracker]:
@@ -115,10 +150,8 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
         yield NullTracker()
         return
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    uri = cfg.logger.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(cfg)
     experiment_id = _experiment_id(client, cfg.logger.experiment_name)
     tags = dict(tags)
     if sweep_dir is not None:
@@ -133,12 +166,16 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run.info.run_id, params=items[start:start + 100])
         yield tracker
-    except KeyboardInterrupt:
-        client.set_terminated(run.info.run_id, "KILLED")
-        raise
     except BaseException as err:
-        tracker.set_tags({"tinyexp.error": f"{type(err).__name__}: {err}"[:5000]})
-        client.set_terminated(run.info.run_id, "FAILED")
+        if isinstance(err, KeyboardInterrupt):
+            status = "KILLED"
+        elif type(err).__name__ == "TrialPruned":  # an Optuna search stopped a hopeless trial
+            status = "KILLED"
+            tracker.set_tags({"tinyexp.pruned": "1", "tinyexp.pruned_reason": str(err)[:5000]})
+        else:
+            status = "FAILED"
+            tracker.set_tags({"tinyexp.error": f"{type(err).__name__}: {err}"[:5000]})
+        client.set_terminated(run.info.run_id, status)
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")

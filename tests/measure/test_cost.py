@@ -67,3 +67,30 @@ def test_every_architecture_exports_with_all_shapes_known(tmp_path):
         assert macs > 0, name
         if name == "lstm":
             assert macs == lstm_macs
+
+
+def test_peak_activation_memory_follows_tensor_lifetimes(tmp_path):
+    # input (1x100 floats = 400 B) -> Linear 100->50 (200 B) -> ReLU (200 B) -> Linear 50->10
+    net = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    path = export_onnx(net, torch.randn(1, 100), tmp_path / "mlp.onnx")
+    # Peak while the first Linear runs: its input and output both live: 400 + 200.
+    from tinyexp.measure.cost import peak_activation_bytes
+
+    assert peak_activation_bytes(path) == 400 + 200
+    cost = artifact_cost(path, torch.randn(1, 100).numpy(), warmup=1, runs=5)
+    assert cost["flash_bytes"] == cost["size_bytes"]
+    assert cost["ram_bytes"] == 600
+
+
+def test_quantized_activations_take_less_ram(tmp_path):
+    import numpy as np
+
+    from tinyexp.compress.quantize import PTQSpec, quantize_onnx
+    from tinyexp.measure.cost import peak_activation_bytes
+
+    net = nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 8, 3, padding=1))
+    src = export_onnx(net.eval(), torch.randn(1, 8, 64), tmp_path / "f.onnx", compact=False)
+    for fmt in ("qoperator", "qdq"):  # QDQ is fused to integer kernels when it runs
+        dst = quantize_onnx(src, tmp_path / f"{fmt}.onnx", PTQSpec("int8", format=fmt),
+                            np.random.randn(16, 8, 64).astype(np.float32))
+        assert peak_activation_bytes(dst) < 0.5 * peak_activation_bytes(src), fmt

@@ -43,7 +43,7 @@ class PTQSpec:
     calibration_samples: int = 256
     per_channel: bool = True
     calibrate_method: str = "minmax"  # minmax | entropy | percentile
-    format: str = "qdq"            # static int8: qoperator (QLinearConv, QGemm, ...) or qdq
+    format: str = "qoperator"      # static int8: qoperator (QLinearConv, QGemm, ...) or qdq
 
 
 class _Calibration:

@@ -96,16 +96,29 @@ def compact_onnx(path: Path) -> Path:
     return Path(path)
 
 
-def _tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Shape of every tensor of the graph, from one batch-1 run in ONNX Runtime.
+def _optimized(path: Path, out: Path) -> Path:
+    """The graph as ONNX Runtime will execute it on the CPU (QDQ pairs fused into integer
+    kernels, constants folded), without hardware-specific layout changes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return out
+
+
+def _run_every_tensor(path: Path) -> dict[str, np.ndarray]:
+    """Every intermediate tensor of one batch-1 run (on zeros) in ONNX Runtime, by name.
 
     Static inference loses track of shapes the exporter computes at run time (an LSTM's
-    initial states, ``repeat``); running the graph once on zeros is exact for any graph.
+    initial states, ``repeat``); running the graph once is exact for any graph, and gives the
+    element type each tensor really has at the deployed precision.
     """
     import onnxruntime as ort
 
     model = onnx.load(str(path))
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     listed = {o.name for o in model.graph.output}
     for node in model.graph.node:
         for name in node.output:
@@ -117,10 +130,49 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]]:
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         feed[inp.name] = np.zeros(shape, dtype=np.float32)
     outputs = session.run(None, feed)
-    shapes.update({o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs,
-                                                          strict=True)})
-    shapes.update({name: list(value.shape) for name, value in feed.items()})
+    tensors = dict(zip((o.name for o in session.get_outputs()), outputs, strict=True))
+    tensors.update(feed)
+    return tensors
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    shapes = {init.name: list(init.dims) for init in onnx.load(str(path)).graph.initializer}
+    shapes.update({name: list(np.shape(v)) for name, v in _run_every_tensor(path).items()})
     return shapes
+
+
+def peak_activation_bytes(path: Path) -> int:
+    """RAM for the activations of one batch-1 inference at the deployed precision.
+
+    Walks the nodes in the graph's execution order; a tensor is live from the node that
+    produces it (the input: from the start) to the last node that reads it (graph outputs: to
+    the end). The peak is the largest sum of live tensors, counted while a node runs (its
+    inputs and outputs together). Weights and constants are flash, not RAM; no tensor shares
+    memory with another (an in-place ReLU would need less), so this is an upper bound for a
+    runtime that plans memory this way. It is read off the graph ONNX Runtime executes, so a
+    QDQ model's activations count at their integer width.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = _optimized(path, Path(tmp) / "optimized.onnx")
+        graph = onnx.load(str(optimized)).graph
+        tensors = _run_every_tensor(optimized)
+    stored = {init.name for init in graph.initializer}
+    for node in graph.node:  # constants, and whatever is computed from constants alone
+        if node.op_type == "Constant" or all(i in stored for i in node.input if i):
+            stored.update(node.output)
+    size = {name: int(np.asarray(v).nbytes) for name, v in tensors.items() if name not in stored}
+    last_use = {name: len(graph.node) for name in (o.name for o in graph.output)}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name in size and last_use.get(name, -1) < len(graph.node):
+                last_use[name] = max(last_use.get(name, -1), index)
+    live = {i.name for i in graph.input if i.name in size}
+    peak = sum(size[n] for n in live)
+    for index, node in enumerate(graph.node):
+        live |= {n for n in node.output if n in size}
+        peak = max(peak, sum(size[n] for n in live))
+        live = {n for n in live if last_use.get(n, -1) > index}
+    return peak
 
 
 # op -> (kind, index of the data input, index of the weight input). Integer kernels from
@@ -205,9 +257,16 @@ def latency_ms(path: Path, example: np.ndarray, warmup: int = 20, runs: int = 20
 
 
 def artifact_cost(path: Path, example: np.ndarray, warmup: int = 20, runs: int = 200) -> dict:
-    """MACs, file size and latency of an ONNX artifact."""
+    """MACs, file size, memory and latency of an ONNX artifact.
+
+    ``flash_bytes`` is the deployable file (graph and weights), what a target's flash must hold;
+    ``ram_bytes`` is ``peak_activation_bytes``.
+    """
+    size = Path(path).stat().st_size
     return {
         "macs": count_macs(path),
-        "size_bytes": Path(path).stat().st_size,
+        "size_bytes": size,
+        "flash_bytes": size,
+        "ram_bytes": peak_activation_bytes(path),
         **latency_ms(path, example, warmup, runs),
     }

@@ -1,0 +1,54 @@
+"""The job's side of an Optuna search: report fine-tuning progress to the trial, stop early.
+
+The Optuna sweeper (``hydra_plugins/tinyexp_optuna``) hands every job its trial through the
+``optuna`` config node (study name, storage, trial id and number). Here the job reports its
+validation loss after each fine-tuning epoch, and raises ``optuna.TrialPruned`` when the study's
+pruner finds the trial hopeless.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+
+class OptunaPruning(pl.Callback):
+    """Report ``monitor`` after every validation epoch; raise ``TrialPruned`` when told to.
+
+    Steps count on across trainings (pruning steps, then QAT), so trials compare at the same
+    point of their fine-tuning. A study that maximizes gets the negated loss, so "better" means
+    the same thing to the pruner as to the study.
+    """
+
+    def __init__(self, trial, monitor: str = "val/loss") -> None:
+        import optuna
+
+        self.trial = trial
+        self.monitor = monitor
+        self.sign = -1.0 if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        self.step = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        import optuna
+
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.trial.report(self.sign * float(value), self.step)
+        self.step += 1
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {self.step} fine-tuning epochs "
+                                     f"({self.monitor}={float(value):.4g})")
+
+
+def pruning_callback(cfg: DictConfig) -> OptunaPruning | None:
+    """The callback for the trial this job runs, or None outside a (single-objective) search."""
+    node = cfg.get("optuna")
+    if not node or node.get("trial_id") is None:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=node.study_name, storage=node.storage)
+    if len(study.directions) > 1:
+        return None  # Optuna prunes single-objective studies only
+    return OptunaPruning(optuna.trial.Trial(study, int(node.trial_id)))
