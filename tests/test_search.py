@@ -53,8 +53,9 @@ def _cfg():
 
 def test_hopeless_trial_is_pruned_during_fine_tuning(tmp_path):
     # A pruner that prunes whatever is reported: the first epoch must stop the training.
-    study, trial, job = _study(tmp_path, optuna.pruners.ThresholdPruner(upper=-1.0))
-    callback = pruning_callback(job)
+    pruner = optuna.pruners.ThresholdPruner(upper=-1.0)
+    study, trial, job = _study(tmp_path, pruner)
+    callback = pruning_callback(job, pruner)
     assert isinstance(callback, OptunaPruning)
     with pytest.raises(optuna.TrialPruned):
         train(nn.Linear(4, 4), _Data(), _cfg(), extra_callbacks=[callback])
@@ -64,7 +65,7 @@ def test_hopeless_trial_is_pruned_during_fine_tuning(tmp_path):
 
 def test_reports_every_epoch_and_negates_loss_for_maximizing_studies(tmp_path):
     study, trial, job = _study(tmp_path, optuna.pruners.NopPruner(), direction="maximize")
-    callback = pruning_callback(job)
+    callback = pruning_callback(job, optuna.pruners.NopPruner())
     train(nn.Linear(4, 4), _Data(), _cfg(), extra_callbacks=[callback])
     values = study.trials[0].intermediate_values
     assert sorted(values) == [0, 1, 2]
@@ -73,10 +74,12 @@ def test_reports_every_epoch_and_negates_loss_for_maximizing_studies(tmp_path):
 
 def test_no_callback_outside_a_search_or_for_multi_objective_studies(tmp_path):
     assert pruning_callback(OmegaConf.create({})) is None
+    nop = optuna.pruners.NopPruner()
     storage = f"sqlite:///{tmp_path / 'mo.db'}"
     study = optuna.create_study(study_name="mo", storage=storage,
                                 directions=["maximize", "minimize"])
     trial = study.ask()
     job = OmegaConf.create({"optuna": {"study_name": "mo", "storage": storage,
                                        "trial_id": trial._trial_id, "trial_number": 0}})
-    assert pruning_callback(job) is None
+    assert pruning_callback(job, nop) is None
+    assert pruning_callback(job) is None  # no sweeper, no pruner

@@ -41,14 +41,34 @@ class OptunaPruning(pl.Callback):
                                      f"({self.monitor}={float(value):.4g})")
 
 
-def pruning_callback(cfg: DictConfig) -> OptunaPruning | None:
-    """The callback for the trial this job runs, or None outside a (single-objective) search."""
+def _sweeper_pruner():
+    """The pruner the sweeper is configured with (Optuna's storage does not keep it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    if not HydraConfig.initialized():
+        return None
+    node = HydraConfig.get().sweeper.get("pruner")
+    return instantiate(node) if node else None
+
+
+def pruning_callback(cfg: DictConfig, pruner=None) -> OptunaPruning | None:
+    """The callback for the trial this job runs, or None outside a single-objective search
+    with a pruner.
+
+    Args:
+        cfg: the job config; its ``optuna`` node names the study, storage and trial.
+        pruner: the study's pruner; by default the one configured on the sweeper.
+    """
     node = cfg.get("optuna")
     if not node or node.get("trial_id") is None:
         return None
+    pruner = pruner or _sweeper_pruner()
+    if pruner is None:
+        return None
     import optuna
 
-    study = optuna.load_study(study_name=node.study_name, storage=node.storage)
+    study = optuna.load_study(study_name=node.study_name, storage=node.storage, pruner=pruner)
     if len(study.directions) > 1:
         return None  # Optuna prunes single-objective studies only
     return OptunaPruning(optuna.trial.Trial(study, int(node.trial_id)))
