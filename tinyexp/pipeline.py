@@ -225,8 +225,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job.
 
     Returns:
-        ``objective`` (the final stage's task metric), ``final_stage`` and the flat
-        ``metrics``: what a sweeper needs to judge the job.
+        ``objective`` (the final stage's task metric), ``final_stage``, the flat ``metrics``
+        and the ``mlflow_run_id`` (None with ``logger=none``): what a sweeper needs.
     """
     validate(cfg)
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
@@ -294,6 +294,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "objective": float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"]),
         "final_stage": final,
         "metrics": metrics,
+        "mlflow_run_id": tracker.run_id,
     }
 
 
