@@ -347,6 +347,34 @@ def test_memory_budget_search_end_to_end(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+def test_a_trial_that_raises_is_failed_in_optuna_and_mlflow(tmp_path):
+    # A search space with a point that breaks inside the job (after its MLflow run started):
+    # an optimizer class that does not exist. The search must go on and finish its trials.
+    sweep = tmp_path / "search"
+    result = run_cli(["-m", "search=memory_budget", "search.n_trials=2", *TINY,
+                      "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=nop",
+                      "prune.ratio=0.5", "quant=none", "arch.channels=[32,16]",
+                      "optim._target_=choice(torch.optim.Adam,torch.optim.NoSuchOptimizer)",
+                      f"hydra.sweep.dir={sweep}", "cache_dir=cache"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=optuna.get_all_study_names(
+        f"sqlite:///{sweep / 'optuna.db'}")[0], storage=f"sqlite:///{sweep / 'optuna.db'}")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert failed and all("NoSuchOptimizer" in t.user_attrs["error"] for t in failed)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tinyexp").experiment_id])
+    by_trial = {int(r.data.tags["tinyexp.trial"]): r
+                for r in runs if "tinyexp.trial" in r.data.tags}
+    for trial in failed:
+        assert by_trial[trial.number].info.status == "FAILED"
+        assert "NoSuchOptimizer" in by_trial[trial.number].data.tags["tinyexp.error"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 @pytest.mark.slow
 def test_pareto_search_end_to_end(tmp_path):
     sweep = tmp_path / "search"
