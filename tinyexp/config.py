@@ -37,6 +37,11 @@ def _positive(key: str, value: int | float) -> None:
     _require(value > 0, key, f"must be > 0, got {value}")
 
 
+def _widths(key: str, values: list[int]) -> None:
+    _require(len(values) >= 1 and all(v > 0 for v in values), key,
+             f"must be a non-empty list of positive ints, got {list(values)}")
+
+
 def _fraction(key: str, value: float, *, closed_low: bool = True) -> None:
     low_ok = value >= 0 if closed_low else value > 0
     interval = "[0, 1)" if closed_low else "(0, 1)"
@@ -142,8 +147,7 @@ class CNNArch:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(len(self.channels) >= 1 and all(c > 0 for c in self.channels), "arch.channels",
-                 f"must be a non-empty list of positive ints, got {list(self.channels)}")
+        _widths("arch.channels", self.channels)
         _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "arch.kernel_size",
                  f"must be an odd int >= 1, got {self.kernel_size}")
         _fraction("arch.dropout", self.dropout)
@@ -195,8 +199,7 @@ class CustomCNNArch:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(len(self.channels) >= 1 and all(c > 0 for c in self.channels), "arch.channels",
-                 f"must be a non-empty list of positive ints, got {list(self.channels)}")
+        _widths("arch.channels", self.channels)
         _positive("arch.hidden", self.hidden)
         _fraction("arch.dropout", self.dropout)
 

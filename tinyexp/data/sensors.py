@@ -22,18 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
+from tinyexp.data.skab_files import CHANNELS
 from tinyexp.data.windows import AnomalySegment, SeriesDataModule, make_windows
 
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
 ACC1, ACC2, CURRENT, PRESSURE, TEMPERATURE, THERMOCOUPLE, VOLTAGE, FLOW = range(8)
 
 KINDS = ("valve_closure", "rotor_imbalance", "leak", "stuck_sensor", "drifting_sensor")

@@ -11,21 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyexp.data.skab_files import anomalous_files, check_data_dir
+from tinyexp.data.skab_files import CHANNELS, anomalous_files, check_data_dir
 from tinyexp.data.windows import AnomalySegment, SeriesDataModule, make_windows
 
 __all__ = ["CHANNELS", "SkabDataModule", "check_data_dir", "read_skab_csv"]
 
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
 
 
 def read_skab_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

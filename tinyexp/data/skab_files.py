@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# SKAB's eight sensor channels, in the benchmark's column order.
+CHANNELS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+
 ANOMALOUS_FOLDERS = ("valve1", "valve2", "other")
 
 
