@@ -63,6 +63,10 @@ BAD = [
     (["quant=int16x8", "quant.calibration_samples=0"], "quant.calibration_samples", ">= 1"),
     (["quant=fp16", "+quant.per_channel=true"], "quant.per_channel", "allowed: name"),
     (["quant=int16x8", "quant.format=qoperator"], "quant.format", "qdq for quant=int16x8"),
+    (["analysis=layers", "analysis.ratios=[0.5,1.0]"], "analysis.ratios", "(0, 1)"),
+    (["analysis=layers", "analysis.ratios=[]"], "analysis.ratios", "non-empty"),
+    (["analysis=layers", "analysis.finetune_epochs=-1"], "analysis.finetune_epochs", ">= 0"),
+    (["analysis=layers", "analysis.metric=accuracy"], "analysis.metric", "mse, f1"),
 ]
 
 

@@ -16,6 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# The task metrics each kind of dataset is measured by.
+TASK_METRICS = {"anomaly": ("mse", "f1", "far", "mar", "roc_auc"),
+                "classification": ("accuracy", "recall", "f1")}
+ALL_TASK_METRICS = tuple(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
 # Keys of a dataset/arch node that describe it rather than being constructor arguments.
 META_KEYS = ("name", "task", "input", "threshold_quantile", "threshold_scale")
 
@@ -278,6 +282,26 @@ class QATQuant:
         _require(self.epochs >= 1, "quant.epochs", f"must be an int >= 1, got {self.epochs}")
 
 
+@dataclass
+class NoAnalysis:
+    name: str = "none"
+
+
+@dataclass
+class LayerAnalysis:
+    name: str = "layers"
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
+    finetune_epochs: int = 0
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(len(self.ratios) >= 1 and all(0 < r < 1 for r in self.ratios),
+                 "analysis.ratios", f"must be a non-empty list of numbers in (0, 1), "
+                 f"got {list(self.ratios)}")
+        _require(self.finetune_epochs >= 0, "analysis.finetune_epochs",
+                 f"must be an int >= 0, got {self.finetune_epochs}")
+
+
 # ----------------------------------------------------------------------------- the rest
 
 
@@ -332,6 +356,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "quant": {"none": NoQuant, "dynamic": DynamicQuant, "int8": StaticQuant,
               "int16x8": StaticQuant, "fp16": FP16Quant, "qat": QATQuant},
     "logger": {"mlflow": MLflowLogger, "none": NoLogger},
+    "analysis": {"none": NoAnalysis, "layers": LayerAnalysis},
 }
 # Groups whose options all share one schema (users add their own options as YAML files).
 SHARED_SCHEMAS: dict[str, type] = {"target": Target}
@@ -405,12 +430,27 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _require(data.input == arch.input, "arch",
              f"arch={arch.name} takes {arch.input} data but dataset={data.name} is {data.input} "
              f"data; choose an architecture that takes {data.input} data")
+    analysis = specs["analysis"]
+    if analysis.name == "layers" and analysis.metric is not None:
+        allowed = TASK_METRICS[data.task]
+        _require(analysis.metric in allowed, "analysis.metric",
+                 f"must be one of {', '.join(allowed)} for dataset={data.name}, "
+                 f"got {analysis.metric!r}")
     if arch.name == "cnn":
         factor = 2 ** len(arch.channels)
         _require(data.window % factor == 0, "dataset.window",
                  f"must be a multiple of {factor} for arch=cnn with {len(arch.channels)} "
                  f"stride-2 layers, got {data.window}")
     return specs
+
+
+def describe(cfg: Any) -> str:
+    """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
+    prune = cfg.prune.name if cfg.prune.name == "none" else f"{cfg.prune.name}@{cfg.prune.ratio:g}"
+    quant = cfg.quant.name
+    if quant == "qat":
+        quant = f"qat-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{quant}"
 
 
 def constructor_kwargs(node: DictConfig) -> DictConfig:

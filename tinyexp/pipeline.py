@@ -1,6 +1,7 @@
 """One experiment, top to bottom: the only place that knows the order of stages.
 
     data -> network -> baseline (cached or trained)   -> measure
+                    [-> per-layer sensitivity (analysis=layers): each group pruned alone]
                     -> prune + fine-tune              -> measure
                     -> quantize (ONNX Runtime PTQ, or Brevitas QAT) -> measure in the runtime
     -> log to MLflow, write metrics.json, print the table, return the objective
@@ -31,7 +32,7 @@ from torch import nn
 from tinyexp import cache, search, tracking
 from tinyexp.compress.prune import prune_l1
 from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
-from tinyexp.config import constructor_kwargs, validate
+from tinyexp.config import ALL_TASK_METRICS, constructor_kwargs, describe, validate
 from tinyexp.lit import train
 from tinyexp.measure.cost import artifact_cost, compact_onnx, count_params, export_onnx, ort_session
 from tinyexp.measure.metrics import anomaly_metrics, classification_metrics
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # The task metric a stage is judged by (the objective returned to a sweeper).
 PRIMARY_METRIC = {"anomaly": "f1", "classification": "accuracy"}
+# The metric the per-layer analysis ranks groups by, unless analysis.metric says otherwise:
+# without fine-tuning F1 falls to 0 for every damaged autoencoder; the error still ranks them.
+SENSITIVITY_METRIC = {"anomaly": "mse", "classification": "accuracy"}
 
 
 # ----------------------------------------------------------------------------- building
@@ -145,6 +149,23 @@ def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictCon
     return pruned, {"ratio_asked": report.ratio}
 
 
+def sensitivity_stage(net: nn.Module, datamodule: pl.LightningDataModule,
+                      cfg: DictConfig) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Per-layer sensitivity: each prunable group pruned alone at each ratio, then evaluated."""
+    from tinyexp.compress.sensitivity import layer_sensitivity
+
+    epochs = cfg.analysis.finetune_epochs
+
+    def finetune(pruned: nn.Module) -> None:
+        train(pruned, datamodule, cfg, max_epochs=epochs)
+
+    rows = layer_sensitivity(
+        net, datamodule.example_input(),
+        evaluate=lambda pruned: evaluate(_torch_predict(pruned), datamodule, cfg),
+        ratios=list(cfg.analysis.ratios), finetune=finetune if epochs > 0 else None)
+    return net, rows
+
+
 def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
                    artifact: Path, callbacks: list[pl.Callback]) -> tuple[nn.Module, dict]:
     """Quantize the final float network into ``artifact``; report what stayed in float."""
@@ -185,7 +206,6 @@ _REDUCTIONS = {"params": "param_reduction_pct", "macs": "macs_reduction_pct",
                "size_bytes": "size_reduction_pct", "latency_ms": "latency_reduction_pct"}
 
 
-_TASK_METRICS = ("mse", "f1", "far", "mar", "roc_auc", "accuracy", "recall")
 
 
 def _reductions(metrics: dict[str, float], stage: str) -> dict[str, float]:
@@ -196,20 +216,11 @@ def _reductions(metrics: dict[str, float], stage: str) -> dict[str, float]:
         base, value = metrics.get(f"baseline/{name}"), metrics.get(f"{stage}/{name}")
         if base and value is not None:
             out[f"{stage}/{key}"] = 100.0 * (base - value) / base
-    for name in _TASK_METRICS:
+    for name in ALL_TASK_METRICS:
         base, value = metrics.get(f"baseline/{name}"), metrics.get(f"{stage}/{name}")
         if base is not None and value is not None:
             out[f"{stage}/{name}_delta"] = value - base
     return out
-
-
-def describe(cfg: DictConfig) -> str:
-    """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
-    prune = cfg.prune.name if cfg.prune.name == "none" else f"{cfg.prune.name}@{cfg.prune.ratio:g}"
-    quant = cfg.quant.name
-    if quant == "qat":
-        quant = f"qat-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
-    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{quant}"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -254,6 +265,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = {f"baseline/{k}": v for k, v in measure_float(
             net, datamodule, cfg, out_dir / "baseline.onnx").items()}
         metrics["baseline/epochs"] = info["epochs"]
+        primary = PRIMARY_METRIC[datamodule.task]
+        if cfg.analysis.name == "layers":
+            net, rows = sensitivity_stage(net, datamodule, cfg)
+            ranked_by = cfg.analysis.metric or SENSITIVITY_METRIC[datamodule.task]
+            metrics.update(_layer_metrics(rows, ranked_by))
+            layer_files = write_layer_report(rows, ranked_by, out_dir)
         final = "baseline"
         if cfg.prune.name != "none":
             net, report = prune_stage(net, datamodule, cfg, callbacks)
@@ -281,6 +298,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "quantized.onnx"):
             if (out_dir / artifact).exists():
                 tracker.log_artifact(out_dir / artifact)
+        if cfg.analysis.name == "layers":
+            for path in layer_files:
+                tracker.log_artifact(path, "layer_sensitivity")
 
     cached = " (baseline from cache)" if info["cache"] == "hit" else ""
     table = stage_table(metrics, f"{name}{cached}  ->  {out_dir}")
@@ -291,11 +311,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "summary.txt").write_text(table + "\n")
     print(table, flush=True)
     return {
-        "objective": float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"]),
+        "objective": float(metrics[f"{final}/{primary}"]),
         "final_stage": final,
         "metrics": metrics,
         "mlflow_run_id": tracker.run_id,
     }
+
+
+def _layer_metrics(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """``layers/<group>/r50/f1`` and ``.../f1_delta``: the analysis as run metrics."""
+    out = {}
+    for row in rows:
+        if row["group"] != "(none)":
+            key = f"layers/{row['group']}/r{round(100 * row['ratio']):02d}"
+            out[f"{key}/{metric}"] = row[metric]
+            out[f"{key}/{metric}_delta"] = row[f"{metric}_delta"]
+    return out
+
+
+def write_layer_report(rows: list[dict[str, Any]], metric: str, out_dir: Path) -> list[Path]:
+    """Write the analysis as ``layer_sensitivity.csv``/``.png`` and print the worst drops."""
+    from tinyexp.report import layer_table, plot_layer_sensitivity, write_rows_csv
+
+    csv_path = write_rows_csv(rows, out_dir / "layer_sensitivity.csv")
+    png_path = plot_layer_sensitivity(rows, metric, out_dir / "layer_sensitivity.png")
+    print(layer_table(rows, metric), flush=True)
+    return [csv_path, png_path]
 
 
 def fits_target(metrics: dict[str, float], stage: str, target: DictConfig) -> bool:

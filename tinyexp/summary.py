@@ -23,7 +23,8 @@ def stage_table(metrics: dict[str, float], title: str = "") -> str:
     stages: list[str] = []
     for key in metrics:
         stage = key.split("/", 1)[0]
-        if stage not in stages:
+        # a stage measures a network (params); other prefixes (layers/...) are analyses
+        if stage not in stages and f"{stage}/params" in metrics:
             stages.append(stage)
     names = [m for m in _ORDER if any(f"{s}/{m}" in metrics for s in stages)]
     header = ["metric", *stages] + [f"{s} vs baseline" for s in stages[1:]]

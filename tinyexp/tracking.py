@@ -101,10 +101,14 @@ def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -
 
 
 def _client(cfg: DictConfig) -> Any:
+    return client_for(cfg.logger.get("tracking_uri"))
+
+
+def client_for(tracking_uri: str | None) -> Any:
+    """A client for ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
     from mlflow.tracking import MlflowClient
 
-    uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None)
 
 
 def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str) -> str | None:
@@ -179,3 +183,57 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def find_runs(tracking_uri: str | None, experiment_name: str,
+              filter_string: str = "") -> list[dict[str, Any]]:
+    """Runs of an experiment matching an MLflow filter, oldest first, as plain dicts.
+
+    Each dict has ``run_id``, ``name``, ``status``, ``experiment_id`` and the run's ``tags``,
+    ``params`` and ``metrics`` (latest value of each).
+
+    Raises:
+        LookupError: if the experiment does not exist in that tracking store.
+    """
+    client = client_for(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise LookupError(f"no MLflow experiment named {experiment_name!r} in "
+                          f"{client.tracking_uri}")
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], filter_string,
+                                  max_results=1000, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "experiment_id": r.info.experiment_id, "tags": dict(r.data.tags),
+             "params": dict(r.data.params), "metrics": dict(r.data.metrics)} for r in found]
+
+
+def log_report_run(tracking_uri: str | None, experiment_name: str, run_name: str,
+                   tags: dict[str, str], files: list[Path], folder: str = "report") -> str:
+    """Create a run holding a report's files as artifacts under ``folder``; return its id.
+
+    The run ends FINISHED once every file is stored, or FAILED if storing one fails.
+    """
+    client = client_for(tracking_uri)
+    experiment_id = _experiment_id(client, experiment_name)
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"tinyexp.role": "report", **tags})
+    try:
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path), folder)
+    except BaseException as err:
+        client.set_tag(run.info.run_id, "tinyexp.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt)
+                              else "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

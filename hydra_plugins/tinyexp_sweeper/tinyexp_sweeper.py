@@ -7,6 +7,7 @@ first and stops with one line naming the bad key, before any job runs.
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -47,4 +48,11 @@ class TinyexpSweeper(BasicSweeper):
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
         validate_jobs(self.hydra_context, self.config, jobs)
-        return super().sweep(arguments)
+        try:
+            return super().sweep(arguments)
+        except Exception:
+            # Hydra skips on_multirun_end when a job fails: show what the others measured.
+            from tinyexp.report import print_sweep_summary
+
+            print_sweep_summary(Path(str(self.config.hydra.sweep.dir)))
+            raise

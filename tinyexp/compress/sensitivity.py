@@ -1,0 +1,266 @@
+"""Per-group pruning sensitivity: where can a model be cut, and what does each cut cost?
+
+The classic sensitivity analysis (Han et al. 2015; Distiller's ``sensitivity_analysis``):
+prune *one* prunable group at a time, at several ratios, leave the rest of the network
+untouched, evaluate, and record how much the metrics move. Groups whose metrics barely
+change are where a model can be cut; steep ones should be pruned gently or not at all.
+
+A "group" is one of the dependency groups :func:`~tinyexp.compress.prune.prune_l1`
+shrinks: a set of layers whose output channels must be removed together (a conv and
+nothing else in a plain chain; the embedding and every residual writer of a transformer;
+an LSTM's hidden units). Each group is pruned by calling ``prune_l1`` itself on a deep
+copy with every width layer outside the group ignored, so the channel ranking, the LSTM
+and attention handling and torch-pruning's quirks are exactly those of the real pruning
+path, and only that group's widths change (checked after every prune).
+
+Rows follow ``prune_l1``'s rounding: torch-pruning keeps ``int(width * (1 - ratio))``
+channels of a group, so any ratio removes at least one channel, and a ratio that would
+keep none leaves the group unpruned (``kept == width``; for attention the count is per
+head: 4 heads of 8 dims stay untouched above ratio 0.875).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from tinyexp.compress.prune import (
+    _WIDTH_LAYERS,
+    LSTMPruner,
+    _traceable_forward,
+    count_macs,
+    count_params,
+    layer_widths,
+    output_layers,
+    prune_l1,
+)
+
+__all__ = ["PrunableGroup", "layer_sensitivity", "prunable_groups"]
+
+NO_GROUP = "(none)"  # ``group`` of the reference row: the unpruned network
+_COLUMNS = ("group", "layers", "width", "kept", "ratio", "params", "macs")
+
+
+@dataclass
+class PrunableGroup:
+    """One dependency group ``prune_l1`` shrinks as a unit.
+
+    Attributes:
+        name: The group's root layer: the first of ``layers`` in module order, e.g.
+            ``"encoder.0.0"``; a module name of ``net.named_modules()``.
+        layers: Names of every width layer (Conv/Linear/LSTM) whose *output* channels
+            shrink with this group, root first, then in module order.
+        width: The group's current channel count (output width of the root layer).
+    """
+
+    name: str
+    layers: list[str]
+    width: int
+
+
+def _unprunable(net: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Layers whose output channels ``prune_l1`` never prunes (the same rule it applies)."""
+    return [
+        *output_layers(graph),
+        *(
+            m for m in net.modules()
+            if isinstance(m, nn.LSTM) and (m.bidirectional or m.proj_size > 0)
+        ),
+    ]
+
+
+def prunable_groups(net: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:
+    """The dependency groups ``prune_l1`` would shrink, in network order.
+
+    Traces ``net`` with torch-pruning's ``DependencyGraph`` (with our :class:`LSTMPruner`
+    and LSTM-aware tracing, as ``prune_l1`` does) and lists every group rooted at a
+    Conv/Linear/LSTM layer. Groups containing an output layer (their width fixes the
+    output shape) or a layer ``prune_l1`` ignores (bidirectional / projected LSTMs) are
+    excluded. Groups are ordered by their root's position in ``net.named_modules()``,
+    which is the order the layers run in for every model in :mod:`tinyexp.models`.
+
+    Args:
+        net: The model; not modified (its train/eval mode is restored).
+        example_input: A batch the model accepts, used for tracing.
+
+    Returns:
+        One :class:`PrunableGroup` per prunable group.
+    """
+    was_training = net.training
+    net.eval()  # dropout off while tracing, like prune_l1
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            net,
+            example_input,
+            forward_fn=_traceable_forward,
+            customized_pruners={nn.LSTM: LSTMPruner()},
+            verbose=False,
+        )
+    finally:
+        net.train(was_training)
+
+    modules = dict(net.named_modules())
+    names = {m: name for name, m in modules.items()}
+    order = {m: i for i, m in enumerate(modules.values())}
+    widths = layer_widths(net)
+    groups: list[PrunableGroup] = []
+    for group in graph.get_all_groups(
+        ignored_layers=_unprunable(net, graph), root_module_types=_WIDTH_LAYERS
+    ):
+        members: list[nn.Module] = []
+        for dep, _ in group:
+            m = dep.target.module
+            if (
+                isinstance(m, _WIDTH_LAYERS)
+                and graph.is_out_channel_pruning_fn(dep.handler)
+                and m not in members
+            ):
+                members.append(m)
+        members.sort(key=lambda m: order[m])
+        layers = [names[m] for m in members]
+        groups.append(PrunableGroup(name=layers[0], layers=layers, width=widths[layers[0]]))
+    groups.sort(key=lambda g: order[modules[g.name]])
+    return groups
+
+
+def _check_ratios(ratios: Sequence[float]) -> list[float]:
+    out = []
+    for r in ratios:
+        r = float(r)
+        if not 0.0 < r < 1.0:  # also rejects NaN
+            raise ValueError(f"every ratio must satisfy 0 < ratio < 1, got {r}")
+        out.append(r)
+    return out
+
+
+def _metrics(evaluate: Callable[[nn.Module], dict[str, float]], net: nn.Module) -> dict[str, float]:
+    metrics = {str(k): float(v) for k, v in evaluate(net).items()}
+    clash = [k for k in metrics if k in _COLUMNS or k.endswith("_delta")]
+    if clash:
+        raise ValueError(f"evaluate returned reserved metric names: {clash}")
+    return metrics
+
+
+def _row(
+    group: str, layers: str, width: int, kept: int, ratio: float, params: int, macs: int,
+    metrics: dict[str, float], baseline: dict[str, float],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "group": group, "layers": layers, "width": int(width), "kept": int(kept),
+        "ratio": float(ratio), "params": int(params), "macs": int(macs), **metrics,
+    }
+    for m, v in metrics.items():
+        row[f"{m}_delta"] = v - baseline[m] if m in baseline else math.nan
+    return row
+
+
+def _prune_group(
+    net: nn.Module, example_input: torch.Tensor, group: PrunableGroup, ratio: float
+) -> tuple[nn.Module, int, int]:
+    """Prune ``ratio`` of one group of ``net`` in place, leaving every other width as is.
+
+    Runs :func:`~tinyexp.compress.prune.prune_l1` with every width layer outside
+    ``group.layers`` ignored, so the ranking is exactly the one ``prune_l1`` uses.
+
+    Args:
+        net: The model (usually a deep copy); layers are looked up by ``group.layers`` name.
+        example_input: A batch the model accepts.
+        group: The group to prune, from :func:`prunable_groups` on ``net`` (or its original).
+        ratio: Fraction of the group's channels to remove, ``0 < ratio < 1``.
+
+    Returns:
+        ``net``, its parameter count and its MACs per sample after pruning.
+
+    Raises:
+        ValueError: If ``ratio`` is out of range or a layer of ``group`` is not in ``net``.
+        RuntimeError: If pruning changed the width of a layer outside the group.
+    """
+    (ratio,) = _check_ratios([ratio])
+    modules = dict(net.named_modules())
+    missing = [name for name in group.layers if name not in modules]
+    if missing:
+        raise ValueError(f"layers of group {group.name!r} not found in the model: {missing}")
+    inside = set(group.layers)
+    others = [
+        m for name, m in modules.items() if isinstance(m, _WIDTH_LAYERS) and name not in inside
+    ]
+    before = layer_widths(net)
+    _, report = prune_l1(net, example_input, ratio, ignored_layers=others)
+    changed = {name for name, w in report.widths_after.items() if before.get(name) != w}
+    if not changed <= inside:
+        raise RuntimeError(
+            f"pruning group {group.name!r} also changed {sorted(changed - inside)}: "
+            "torch-pruning coupled it with another group"
+        )
+    return net, report.params_after, report.macs_after
+
+
+def layer_sensitivity(
+    net: nn.Module,
+    example_input: torch.Tensor,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    ratios: Sequence[float],
+    finetune: Callable[[nn.Module], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Prune each prunable group alone at each ratio and measure what it costs.
+
+    For each group of :func:`prunable_groups` and each ratio: deep-copy ``net``, prune
+    only that group by ``ratio`` (L1, same ranking as ``prune_l1``), optionally
+    ``finetune(copy)``, then ``evaluate(copy)``. The reference row evaluates a copy of
+    the unpruned network, without finetuning. ``net`` itself is never modified.
+
+    Args:
+        net: The trained model to analyse; left untouched (weights and train/eval mode).
+        example_input: A batch the model accepts, used for tracing and MAC counting.
+        evaluate: ``evaluate(model) -> {"metric": value, ...}``; receives a model in
+            ``net``'s train/eval mode, so set the mode it needs (usually ``eval()``).
+        ratios: Fractions of a group's channels to remove, each ``0 < ratio < 1``.
+        finetune: Called as ``finetune(copy)`` once per (group, ratio) after pruning,
+            before evaluating; the copy is put back into ``net``'s mode afterwards.
+
+    Returns:
+        Plain dict rows: first the unpruned network (``group`` ``"(none)"``, ratio 0.0,
+        empty ``layers``, ``width`` and ``kept`` 0), then group by group, ratio by
+        ratio. Keys: ``group`` (root layer name), ``layers`` (the group's layer names
+        joined by ``+``), ``width`` (root width before), ``kept`` (root width after),
+        ``ratio``, ``params``, ``macs`` (of the pruned copy), every metric returned by
+        ``evaluate`` and, for each metric ``m``, ``m_delta`` = value minus the unpruned
+        value (0.0 in the reference row).
+
+    Raises:
+        ValueError: If a ratio is not in ``(0, 1)`` or ``evaluate`` returns a metric
+            named like a row key (``group``, ``params``, ... or ``*_delta``).
+    """
+    ratios = _check_ratios(ratios)
+    was_training = net.training
+    groups = prunable_groups(net, example_input)
+
+    reference = copy.deepcopy(net)
+    params, macs = count_params(reference), count_macs(reference, example_input)
+    reference.train(was_training)
+    baseline = _metrics(evaluate, reference)
+    del reference
+    rows = [_row(NO_GROUP, "", 0, 0, 0.0, params, macs, baseline, baseline)]
+
+    for group in groups:
+        for ratio in ratios:
+            pruned = copy.deepcopy(net)
+            pruned, params, macs = _prune_group(pruned, example_input, group, ratio)
+            if finetune is not None:
+                finetune(pruned)
+                pruned.train(was_training)
+            kept = layer_widths(pruned)[group.name]
+            metrics = _metrics(evaluate, pruned)
+            rows.append(_row(
+                group.name, "+".join(group.layers), group.width, kept, ratio, params, macs,
+                metrics, baseline,
+            ))
+    net.train(was_training)
+    return rows
