@@ -163,6 +163,7 @@ def test_report_on_a_multirun_writes_files_and_logs_a_report_run(sweep):
     (["--tag", "tinyexp.arch"], "--tag"),
     (["--experiment", "nothing-here"], "no MLflow experiment"),
     (["--tag", "tinyexp.arch=resnet"], "no finished tinyexp runs"),
+    (["--filter", "metrics.f1 >>> 3"], "MLflow rejects the filter"),
 ])
 def test_bad_selection_fails_with_one_line_and_logs_nothing(sweep, args, key):
     cwd, _ = sweep
@@ -219,3 +220,10 @@ def test_layer_analysis_writes_its_plot_and_logs_drops_per_group(tmp_path):
     # the analysis leaves the run's own stages alone
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "pruned/params" in metrics and metrics["pruned/ratio_asked"] == 0.5
+
+
+def test_report_is_installed_as_a_console_script():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["tinyexp-report"] == "tinyexp.report:main"

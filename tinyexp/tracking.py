@@ -196,18 +196,24 @@ def find_runs(tracking_uri: str | None, experiment_name: str,
     ``params`` and ``metrics`` (latest value of each).
 
     Raises:
-        LookupError: if the experiment does not exist in that tracking store.
+        LookupError: if the experiment does not exist or MLflow rejects the filter.
     """
     client = client_for(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise LookupError(f"no MLflow experiment named {experiment_name!r} in "
                           f"{client.tracking_uri}")
+    from mlflow.exceptions import MlflowException
+
     found, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], filter_string,
-                                  max_results=1000, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
+        try:
+            page = client.search_runs([experiment.experiment_id], filter_string,
+                                      max_results=1000, order_by=["attributes.start_time ASC"],
+                                      page_token=token)
+        except MlflowException as err:  # a malformed filter: say so in one line
+            raise LookupError(f"MLflow rejects the filter {filter_string!r}: "
+                              f"{str(err).splitlines()[0]}") from None
         found.extend(page)
         token = page.token
         if not token:
