@@ -185,7 +185,7 @@ def test_failed_job_still_gets_the_summary_of_the_others(tmp_path):
                       "hydra.sweep.dir=sweep"], tmp_path)
     assert result.returncode != 0
     assert "1 run in" in result.stdout and "sensors-cnn-l1@0.5-none" in result.stdout
-    assert "jobs without results (failed or interrupted): 1" in result.stdout
+    assert "jobs without results (failed, pruned by a search, or interrupted): 1" in result.stdout
 
 
 def test_report_help_does_not_import_torch_or_mlflow(tmp_path):

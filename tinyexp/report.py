@@ -541,7 +541,8 @@ def print_sweep_summary(sweep_dir: Path) -> None:
         print(compact_table(records, metric))
         print(f"full report: tinyexp-report --sweep {sweep_dir}", flush=True)
     if missing:
-        print(f"jobs without results (failed or interrupted): {', '.join(missing)}", flush=True)
+        print("jobs without results (failed, pruned by a search, or interrupted): "
+              + ", ".join(missing), flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
