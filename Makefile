@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tinyexp-installed
 
-.PHONY: setup run test test-slow lint clean
+.PHONY: setup run test test-slow test-browser lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+# The MLflow UI in headless Chromium (Debian's chromium + chromedriver, installed if missing).
+test-browser: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; \
+	fi
+	$(PY) -m pytest -q -m slow tests/test_mlflow_ui.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tinyexp hydra_plugins tests
