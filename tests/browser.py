@@ -54,16 +54,6 @@ def require_browser() -> None:
                     "chromium and chromium-driver", pytrace=False)
 
 
-def run_report(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m tinyexp.report ARGS`` in ``cwd`` against the private MLflow store there
-    (the one :func:`support.run_cli` writes to)."""
-    full_env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
-                "PYTHONPATH": str(ROOT), "CI": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tinyexp.report", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 # ----------------------------------------------------------------------------- mlflow server
 
 

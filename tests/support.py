@@ -23,9 +23,15 @@ TINY = [
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+            timeout: float = 600, module: str = "tinyexp") -> subprocess.CompletedProcess:
     """Run ``python -m tinyexp ARGS`` in ``cwd`` with a private MLflow store and cache."""
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
                 "PYTHONPATH": str(ROOT), "CI": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tinyexp", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_report(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m tinyexp.report ARGS`` in ``cwd`` against the store ``run_cli`` writes."""
+    return run_cli(args, cwd, env, timeout, module="tinyexp.report")

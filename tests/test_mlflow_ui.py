@@ -25,7 +25,6 @@ from browser import (
     mlflow_server,
     require_browser,
     run_link,
-    run_report,
     run_row,
     screenshot,
     set_columns,
@@ -34,7 +33,7 @@ from browser import (
     wait_for,
     widen_column,
 )
-from support import TINY, run_cli
+from support import TINY, run_cli, run_report
 
 # TINY without its prune.* override: prune=none has no such key (and l1's default fine-tuning
 # under trainer=smoke is a few batches only).

@@ -12,7 +12,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from support import ROOT, TINY, run_cli
+from support import ROOT, TINY, run_cli, run_report
 
 from tinyexp import report
 from tinyexp.report import Record, pareto_front, records_from_dir, table_rows
@@ -22,13 +22,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEP = ["-m", "arch=cnn,lstm", "prune=none,l1", "trainer=smoke", "dataset.train_steps=640",
          "dataset.test_steps=640", "measure.latency_warmup=1", "measure.latency_runs=5",
          "cache_dir=cache", "hydra.sweep.dir=sweep"]
-
-
-def run_report(args: list[str], cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tinyexp.report", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def _record(name, arch, ratio, quant, f1, size, base_f1=0.8, base_size=1000.0):

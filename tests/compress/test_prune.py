@@ -28,14 +28,6 @@ from tinyexp.models.transformer import TransformerAutoencoder
 C = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's
-    spinning threads make the step-by-step LSTM kernels orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # name -> (factory with default sizes, one sample's shape)
 ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {

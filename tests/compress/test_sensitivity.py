@@ -25,15 +25,6 @@ from tinyexp.models.transformer import TransformerAutoencoder
 C = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads (see test_prune.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # name -> (factory with default sizes, one sample's shape)
 ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "cnn": (lambda: ConvAutoencoder(in_channels=C, window=32), (32, C)),

@@ -42,6 +42,7 @@ __all__ = [
     "PruneReport",
     "count_macs",
     "count_params",
+    "dependency_graph",
     "layer_widths",
     "load_pruned",
     "output_layers",
@@ -354,6 +355,17 @@ def _attention_modules(net: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def dependency_graph(net: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``net``, traced with our LSTM handler."""
+    return tp.DependencyGraph().build_dependency(
+        net,
+        example_input,
+        forward_fn=_traceable_forward,
+        customized_pruners={nn.LSTM: LSTMPruner()},
+        verbose=False,
+    )
+
+
 def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     """Width-defining layers whose outputs reach the network output directly.
 
@@ -427,13 +439,7 @@ def prune_l1(
 
     attention = _attention_modules(net)
     # a trace of our own to find the output layers (BasePruner then builds its own graph)
-    graph = tp.DependencyGraph().build_dependency(
-        net,
-        example_input,
-        forward_fn=_traceable_forward,
-        customized_pruners={nn.LSTM: LSTMPruner()},
-        verbose=False,
-    )
+    graph = dependency_graph(net, example_input)
     ignored = [*output_layers(graph), *ignored_layers]
     # uni-directional LSTMs only: LSTMPruner cannot split a bidirectional output
     ignored += [

@@ -33,10 +33,9 @@ import torch_pruning as tp
 
 from tinyexp.compress.prune import (
     _WIDTH_LAYERS,
-    LSTMPruner,
-    _traceable_forward,
     count_macs,
     count_params,
+    dependency_graph,
     layer_widths,
     output_layers,
     prune_l1,
@@ -96,13 +95,7 @@ def prunable_groups(net: nn.Module, example_input: torch.Tensor) -> list[Prunabl
     was_training = net.training
     net.eval()  # dropout off while tracing, like prune_l1
     try:
-        graph = tp.DependencyGraph().build_dependency(
-            net,
-            example_input,
-            forward_fn=_traceable_forward,
-            customized_pruners={nn.LSTM: LSTMPruner()},
-            verbose=False,
-        )
+        graph = dependency_graph(net, example_input)
     finally:
         net.train(was_training)
 
