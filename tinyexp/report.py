@@ -358,13 +358,12 @@ def _styles(records: list[Record]) -> tuple[dict[str, str], dict[str, str]]:
 
 def _bytes_axis(ax: Any) -> None:
     """A log x axis of byte counts labelled in kB (not 2x10^4)."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
-    label = FuncFormatter(lambda x, _: f"{x / 1000:g} kB")
-    ax.xaxis.set_major_formatter(label)
-    ax.xaxis.set_minor_formatter(label)
-    ax.tick_params(axis="x", which="minor", labelsize="small")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g} kB"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _metric_label(metric: str) -> str:
@@ -422,8 +421,11 @@ def plot_metric_vs_size(records: list[Record], metric: str, path: Path) -> Path:
         fx, fy = [points[i][1] for i in front], [points[i][2] for i in front]
         ax.step(fx, fy, where="post", color="black", linewidth=1, zorder=1)
         ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", zorder=4)
+        one_dataset = len({r.dataset for r in records}) == 1
         for i in front:
-            ax.annotate(points[i][0].name, (points[i][1], points[i][2]), fontsize=6,
+            r = points[i][0]
+            label = r.name.removeprefix(f"{r.dataset}-") if one_dataset else r.name
+            ax.annotate(label, (points[i][1], points[i][2]), fontsize=6,
                         xytext=(4, 4), textcoords="offset points")
     handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=a)
                for a, c in colors.items()]
