@@ -220,3 +220,13 @@ def test_report_is_installed_as_a_console_script():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["tinyexp-report"] == "tinyexp.report:main"
+
+
+def test_layer_table_and_plot_say_when_a_ratio_cuts_nothing(tmp_path):
+    rows = [{"group": "(none)", "width": 0, "kept": 0, "ratio": 0.0, "mse": 0.1, "mse_delta": 0.0},
+            {"group": "qkv", "width": 96, "kept": 48, "ratio": 0.5, "mse": 0.2, "mse_delta": 0.1},
+            {"group": "qkv", "width": 96, "kept": 96, "ratio": 0.9, "mse": 0.1, "mse_delta": 0.0}]
+    table = report.layer_table(rows, "mse")
+    assert "+0.100" in table and "kept all" in table and "+0.000" not in table
+    assert report.plot_layer_sensitivity(rows, "mse", tmp_path / "l.png").read_bytes()[:8] \
+        == PNG_MAGIC

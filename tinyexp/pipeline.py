@@ -322,7 +322,7 @@ def _layer_metrics(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
     """``layers/<group>/r50/f1`` and ``.../f1_delta``: the analysis as run metrics."""
     out = {}
     for row in rows:
-        if row["group"] != "(none)":
+        if row["group"] != "(none)" and row["kept"] < row["width"]:  # else nothing was cut
             key = f"layers/{row['group']}/r{round(100 * row['ratio']):02d}"
             out[f"{key}/{metric}"] = row[metric]
             out[f"{key}/{metric}_delta"] = row[f"{metric}_delta"]

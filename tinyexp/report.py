@@ -302,9 +302,19 @@ def layer_table(rows: list[dict[str, Any]], metric: str) -> str:
     for group in dict.fromkeys(r["group"] for r in rows if r["group"] != "(none)"):
         mine = {r["ratio"]: r for r in rows if r["group"] == group}
         first = next(iter(mine.values()))
-        lines.append([group, str(first["width"]),
-                      *(f"{mine[x][f'{metric}_delta']:+.3f}" if x in mine else "" for x in ratios)])
-    return f"per-layer sensitivity ({metric} unpruned: {base:.4g})\n" + _align(lines)
+        lines.append([group, str(first["width"]), *(_layer_cell(mine.get(x), metric)
+                                                    for x in ratios)])
+    note = "; kept all: the ratio removes no channel of that group (rounding)" \
+        if any(cell == "kept all" for line in lines for cell in line) else ""
+    return f"per-layer sensitivity ({metric} unpruned: {base:.4g}{note})\n" + _align(lines)
+
+
+def _layer_cell(row: dict[str, Any] | None, metric: str) -> str:
+    if row is None:
+        return ""
+    if row["kept"] == row["width"]:
+        return "kept all"
+    return f"{row[f'{metric}_delta']:+.3f}"
 
 
 def compact_table(records: list[Record], metric: str) -> str:
@@ -476,7 +486,11 @@ def plot_layer_sensitivity(rows: list[dict[str, Any]], metric: str, path: Path) 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = [g for g in dict.fromkeys(r["group"] for r in rows) if g != "(none)"]
     for i, group in enumerate(groups):
-        mine = sorted((r for r in rows if r["group"] == group), key=lambda r: r["ratio"])
+        # a ratio that removes no channel (rounding) measures nothing: leave its point out
+        mine = sorted((r for r in rows if r["group"] == group and r["kept"] < r["width"]),
+                      key=lambda r: r["ratio"])
+        if not mine:
+            continue
         ax.plot([0.0] + [r["ratio"] for r in mine], [base] + [r[metric] for r in mine],
                 marker="o", color=f"C{i % 10}", label=f"{group} ({mine[0]['width']} ch)")
     ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="unpruned")
