@@ -150,6 +150,15 @@ def test_report_on_a_multirun_writes_files_and_logs_a_report_run(sweep):
     assert float(by_name["sensors-cnn-l1@0.5-none"]["macs"]) == job.data.metrics["pruned/macs"]
 
 
+def test_latest_sweep_is_found_in_mlflow_and_reported_into_its_folder(sweep):
+    cwd, _ = sweep
+    result = run_report(["--sweep", "latest", "--no-log"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "report run:" not in result.stdout
+    with open(cwd / "sweep" / "report" / "sensitivity.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
 @pytest.mark.parametrize(("args", "key"), [
     (["--sweep", "no/such/folder"], "--sweep"),
     (["--metric", "accuracy"], "--metric"),

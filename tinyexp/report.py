@@ -129,8 +129,10 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
     return records, missing
 
 
-def sweep_parent(tracking_uri: str | None, experiment: str, sweep: str) -> tuple[str, str]:
-    """The MLflow parent run id of a multirun (its jobs hang under it), and a label for it.
+def sweep_parent(tracking_uri: str | None, experiment: str,
+                 sweep: str) -> tuple[str, str, Path | None]:
+    """The MLflow parent run id of a multirun (its jobs hang under it), a label for it, and
+    its folder when that is on this machine.
 
     ``sweep`` is a multirun folder (it holds the id of its MLflow parent run) or ``latest``.
     """
@@ -141,14 +143,16 @@ def sweep_parent(tracking_uri: str | None, experiment: str, sweep: str) -> tuple
         if not parents:
             raise ReportError(f"--sweep: no multirun in MLflow experiment {experiment!r}")
         parent = parents[-1]
-        return parent["run_id"], parent["name"]
+        folder = Path(parent["tags"].get("tinyexp.sweep_dir", ""))
+        return parent["run_id"], parent["name"], folder if folder.name and folder.is_dir() \
+            else None
     folder = Path(sweep)
     id_file = folder / ".mlflow_parent_run_id"
     if not id_file.is_file():
         raise ReportError(f"--sweep: {folder} is not a multirun folder logged to MLflow "
                           "(no .mlflow_parent_run_id in it); pass a folder under multirun/, "
                           "or 'latest'")
-    return id_file.read_text().strip(), f"{folder.parent.name}/{folder.name}"
+    return id_file.read_text().strip(), f"{folder.parent.name}/{folder.name}", folder
 
 
 def tag_filter(tags: Sequence[str]) -> str:
@@ -594,9 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tinyexp import tracking
 
-    label, parent = args.experiment, None
+    label, parent, sweep_dir = args.experiment, None, None
     if args.sweep:
-        parent, label = sweep_parent(args.tracking_uri, args.experiment, args.sweep)
+        parent, label, sweep_dir = sweep_parent(args.tracking_uri, args.experiment, args.sweep)
         filter_string = f"tags.`mlflow.parentRunId` = '{parent}'"
     elif args.tag:
         filter_string, label = tag_filter(args.tag), " ".join(args.tag)
@@ -612,7 +616,6 @@ def _report(args: argparse.Namespace) -> int:
     metrics = task_metrics(records, args.metric)
     out = args.out
     if out is None:
-        sweep_dir = Path(args.sweep) if args.sweep and args.sweep != "latest" else None
         out = sweep_dir / "report" if sweep_dir else \
             Path("outputs", "report", time.strftime("%Y-%m-%d_%H-%M-%S"))
     files = write_report(records, out, metrics, f"tinyexp sensitivity report: {label}")
