@@ -94,14 +94,15 @@ def test_records_from_a_multirun_folder_name_the_jobs_without_results(tmp_path):
         folder.mkdir()
         OmegaConf.save(OmegaConf.create({
             "dataset": {"name": "sensors"}, "arch": {"name": "cnn"},
-            "prune": {"name": "l1", "ratio": ratio}, "quant": {"name": "none"}}),
+            "prune": {"name": "l1", "ratio": ratio},
+            "quant": {"name": "qat", "weight_bits": 4, "act_bits": 8}}),
             folder / "config.yaml")
     (tmp_path / "0" / "metrics.json").write_text(json.dumps(
         {"baseline/params": 10, "baseline/f1": 0.8, "pruned/params": 5, "pruned/f1": None}))
     records, missing = records_from_dir(tmp_path)
     assert missing == ["1"]
-    assert [(r.name, r.stage, r.ratio) for r in records] == [("sensors-cnn-l1@0.25-none",
-                                                             "pruned", 0.25)]
+    assert [(r.name, r.stage, r.ratio, r.quant) for r in records] == [
+        ("sensors-cnn-l1@0.25-qat-w4a8", "pruned", 0.25, "qat-w4a8")]
     assert math.isnan(records[0].final("f1"))
 
 

@@ -86,6 +86,11 @@ def _ratio(prune: str, value: Any) -> float:
     return 0.0 if prune == "none" or value in (None, "None") else float(value)
 
 
+def _quant(name: str, weight_bits: Any, act_bits: Any) -> str:
+    """``qat-w4a8`` for QAT (bit widths differ between runs), the mode's name otherwise."""
+    return f"qat-w{weight_bits}a{act_bits}" if name == "qat" else name
+
+
 def records_from_mlflow(runs: list[dict[str, Any]]) -> list[Record]:
     """Records of the experiment runs among MLflow runs (sweep parents and reports skipped)."""
     records = []
@@ -97,7 +102,9 @@ def records_from_mlflow(runs: list[dict[str, Any]]) -> list[Record]:
         records.append(Record(
             name=run["name"], dataset=tags.get("tinyexp.dataset", "?"), arch=tags["tinyexp.arch"],
             prune=prune, ratio=_ratio(prune, run["params"].get("prune.ratio")),
-            quant=tags.get("tinyexp.quant", "none"), metrics=metrics, run_id=run["run_id"]))
+            quant=_quant(tags.get("tinyexp.quant", "none"), run["params"].get("quant.weight_bits"),
+                         run["params"].get("quant.act_bits")),
+            metrics=metrics, run_id=run["run_id"]))
     return records
 
 
@@ -125,7 +132,8 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
         records.append(Record(
             name=describe(cfg), dataset=cfg.dataset.name, arch=cfg.arch.name,
             prune=cfg.prune.name, ratio=_ratio(cfg.prune.name, cfg.prune.get("ratio")),
-            quant=cfg.quant.name, metrics=metrics))
+            quant=_quant(cfg.quant.name, cfg.quant.get("weight_bits"), cfg.quant.get("act_bits")),
+            metrics=metrics))
     return records, missing
 
 
@@ -187,9 +195,13 @@ def _change_pct(value: float | None, base: float | None) -> float | None:
     return 100.0 * (value - base) / abs(base)
 
 
+def _quant_rank(quant: str) -> tuple[int, str]:
+    mode = quant.split("-", 1)[0]  # qat-w4a8 ranks with qat
+    return (_QUANT_ORDER.index(mode) if mode in _QUANT_ORDER else len(_QUANT_ORDER), quant)
+
+
 def _sort_key(record: Record) -> tuple:
-    quant = _QUANT_ORDER.index(record.quant) if record.quant in _QUANT_ORDER else len(_QUANT_ORDER)
-    return record.dataset, record.arch, record.ratio, quant, record.name
+    return record.dataset, record.arch, record.ratio, _quant_rank(record.quant), record.name
 
 
 def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, Any]]:
@@ -363,8 +375,7 @@ def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool) -
 
 def _styles(records: list[Record]) -> tuple[dict[str, str], dict[str, str]]:
     archs = sorted({r.arch for r in records})
-    quants = sorted({r.quant for r in records}, key=lambda q: (
-        _QUANT_ORDER.index(q) if q in _QUANT_ORDER else len(_QUANT_ORDER), q))
+    quants = sorted({r.quant for r in records}, key=_quant_rank)
     colors = {a: f"C{i % 10}" for i, a in enumerate(archs)}
     markers = {q: "osD^v<>ph*"[i % 10] for i, q in enumerate(quants)}
     return colors, markers
