@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from nets import ARCHS, C, build, sample
 
 from tinyexp.compress.prune import (
     LSTMPruner,
@@ -20,36 +19,10 @@ from tinyexp.compress.prune import (
     prune_l1,
     save_pruned,
 )
-from tinyexp.models.cnn import ConvAutoencoder
-from tinyexp.models.custom_cnn import CustomCNN
 from tinyexp.models.lstm import LSTMAutoencoder
 from tinyexp.models.transformer import TransformerAutoencoder
 
-C = 8
-
-
-
-# name -> (factory with default sizes, one sample's shape)
-ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "cnn-w60": (lambda: ConvAutoencoder(in_channels=C, window=60), (60, C)),
-    "cnn-w32": (lambda: ConvAutoencoder(in_channels=C, window=32), (32, C)),
-    "lstm-w60": (lambda: LSTMAutoencoder(in_channels=C, window=60), (60, C)),
-    "lstm-w32": (lambda: LSTMAutoencoder(in_channels=C, window=32), (32, C)),
-    "lstm-2layers": (lambda: LSTMAutoencoder(in_channels=C, window=60, num_layers=2), (60, C)),
-    "transformer-w60": (lambda: TransformerAutoencoder(in_channels=C, window=60), (60, C)),
-    "transformer-w32": (lambda: TransformerAutoencoder(in_channels=C, window=32), (32, C)),
-    "custom_cnn": (lambda: CustomCNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
-}
 OUTPUT_LAYER = "head"  # every model names its output layer `head`
-
-
-def build(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return ARCHS[name][0]()
-
-
-def sample(name: str, n: int = 1, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, *ARCHS[name][1], generator=torch.Generator().manual_seed(seed))
 
 
 def onnx_roundtrip(net: nn.Module, sample_shape: tuple[int, ...], path) -> None:

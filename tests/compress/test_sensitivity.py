@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Callable
 
+import nets
 import pytest
 import torch
 import torch.nn as nn
@@ -18,20 +19,10 @@ from tinyexp.compress.sensitivity import (
     prunable_groups,
 )
 from tinyexp.models.cnn import ConvAutoencoder
-from tinyexp.models.custom_cnn import CustomCNN
-from tinyexp.models.lstm import LSTMAutoencoder
-from tinyexp.models.transformer import TransformerAutoencoder
 
-C = 8
-
-
-# name -> (factory with default sizes, one sample's shape)
-ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "cnn": (lambda: ConvAutoencoder(in_channels=C, window=32), (32, C)),
-    "lstm": (lambda: LSTMAutoencoder(in_channels=C, window=32), (32, C)),
-    "transformer": (lambda: TransformerAutoencoder(in_channels=C, window=32), (32, C)),
-    "custom_cnn": (lambda: CustomCNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
-}
+# this module's names for the default architectures (series ones on a 32-step window)
+ARCHS = {"cnn": "cnn-w32", "lstm": "lstm-w32", "transformer": "transformer-w32",
+         "custom_cnn": "custom_cnn"}
 # the groups of each default architecture: root name -> layers whose output width shrinks
 GROUPS: dict[str, dict[str, list[str]]] = {
     "cnn": {
@@ -65,12 +56,11 @@ OUTPUT_LAYER = "head"  # every model names its output layer `head`
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return ARCHS[name][0]()
+    return nets.build(ARCHS[name], seed)
 
 
 def sample(name: str, n: int = 1, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, *ARCHS[name][1], generator=torch.Generator().manual_seed(seed))
+    return nets.sample(ARCHS[name], n, seed)
 
 
 def mse_to_reference(net: nn.Module, x: torch.Tensor) -> Callable[[nn.Module], dict[str, float]]:
@@ -216,7 +206,7 @@ def test_layer_sensitivity_on_other_architectures(name: str) -> None:
 def test_rows_follow_prune_l1_rounding() -> None:
     # torch-pruning keeps int(width * (1 - ratio)) channels: any ratio removes at least one,
     # and a ratio that would keep none prunes nothing (kept == width) -- still one row each
-    net = ConvAutoencoder(in_channels=C, window=32, channels=(4, 2))  # widths 4, 2, 2, 4
+    net = ConvAutoencoder(in_channels=nets.C, window=32, channels=(4, 2))  # widths 4, 2, 2, 4
     for ratio, kept in [(0.01, [3, 1, 1, 3]), (0.6, [1, 2, 2, 1]), (0.9, [4, 2, 2, 4])]:
         rows = layer_sensitivity(net, sample("cnn"), lambda m: {"n": 1.0}, [ratio])
         assert len(rows) == 1 + 4

@@ -18,14 +18,7 @@ from tinyexp.models.transformer import TransformerAutoencoder
 C = 8  # series channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's
-    spinning threads make the step-by-step LSTM kernels orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # name -> (factory, one sample's shape, output shape of one sample)
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[int, ...]]] = {
