@@ -206,8 +206,6 @@ _REDUCTIONS = {"params": "param_reduction_pct", "macs": "macs_reduction_pct",
                "size_bytes": "size_reduction_pct", "latency_ms": "latency_reduction_pct"}
 
 
-
-
 def _reductions(metrics: dict[str, float], stage: str) -> dict[str, float]:
     """Percent saved against the float baseline (positive = smaller or faster), and the
     change of each task metric (``<metric>_delta`` = stage minus baseline)."""
@@ -330,7 +328,7 @@ def _layer_metrics(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
 
 
 def write_layer_report(rows: list[dict[str, Any]], metric: str, out_dir: Path) -> list[Path]:
-    """Write the analysis as ``layer_sensitivity.csv``/``.png`` and print the worst drops."""
+    """Write the analysis as ``layer_sensitivity.csv``/``.png`` and print its table."""
     from tinyexp.report import layer_table, plot_layer_sensitivity, write_rows_csv
 
     csv_path = write_rows_csv(rows, out_dir / "layer_sensitivity.csv")

@@ -39,6 +39,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from tinyexp.config import ALL_TASK_METRICS
+from tinyexp.summary import fmt_number
 
 # A run's last stage holds the deployable artifact: it is the one the table reports.
 STAGES = ("baseline", "pruned", "quantized")
@@ -225,14 +226,6 @@ def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, 
     return rows
 
 
-def _num(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    if abs(value) >= 100 and float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:.4g}"
-
-
 def _cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """A row as display cells: value with its change against the baseline in brackets."""
     prune = "none" if row["prune"] == "none" else f"{row['prune']} {row['ratio']:g}"
@@ -240,10 +233,10 @@ def _cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     is_base = row["stage"] == "baseline"  # its own baseline: no change to show
     for name in metrics:
         delta = None if is_base else row[f"{name}_delta"]
-        cells.append(_num(row[name]) + ("" if delta is None else f" ({delta:+.3f})"))
+        cells.append(fmt_number(row[name]) + ("" if delta is None else f" ({delta:+.3f})"))
     for key, _ in COSTS:
         change = None if is_base else row[f"{key}_change_pct"]
-        cells.append(_num(row[key]) + ("" if change is None else f" ({change:+.1f}%)"))
+        cells.append(fmt_number(row[key]) + ("" if change is None else f" ({change:+.1f}%)"))
     return cells
 
 
@@ -339,11 +332,11 @@ def compact_table(records: list[Record], metric: str) -> str:
     lines = [head]
     for r in sorted(records, key=_sort_key):
         value, base = r.final(metric), r.base(metric)
-        cells = [r.name, _num(value), "" if value is None or base is None or r.stage == "baseline"
-                 else f"{value - base:+.3f}"]
+        no_change = value is None or base is None or r.stage == "baseline"
+        cells = [r.name, fmt_number(value), "" if no_change else f"{value - base:+.3f}"]
         for key in ("macs", "size_bytes", "flash_bytes", "ram_bytes", "latency_ms"):
             change = _change_pct(r.final(key), r.base(key))
-            cells.append(_num(r.final(key)) + ("" if not change else f" {change:+.0f}%"))
+            cells.append(fmt_number(r.final(key)) + ("" if not change else f" {change:+.0f}%"))
         lines.append(cells)
     return _align(lines)
 

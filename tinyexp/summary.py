@@ -10,8 +10,9 @@ _ORDER = ("mse", "accuracy", "recall", "f1", "far", "mar", "roc_auc", "params", 
           "latency_p90_ms")
 
 
-def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def fmt_number(value: float | None) -> str:
+    """``12,648`` for large whole numbers, 4 significant digits otherwise, ``-`` if missing."""
+    if value is None or not math.isfinite(value):
         return "-"
     if float(value).is_integer() and abs(value) >= 100:
         return f"{int(value):,}"
@@ -31,7 +32,7 @@ def stage_table(metrics: dict[str, float], title: str = "") -> str:
     rows = [header]
     for name in names:
         base = metrics.get(f"{stages[0]}/{name}")
-        row = [name] + [_fmt(metrics.get(f"{s}/{name}")) for s in stages]
+        row = [name] + [fmt_number(metrics.get(f"{s}/{name}")) for s in stages]
         for stage in stages[1:]:
             value = metrics.get(f"{stage}/{name}")
             if value is None or base in (None, 0) or math.isnan(base) or math.isnan(value):

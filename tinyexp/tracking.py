@@ -198,13 +198,13 @@ def find_runs(tracking_uri: str | None, experiment_name: str,
     Raises:
         LookupError: if the experiment does not exist or MLflow rejects the filter.
     """
+    from mlflow.exceptions import MlflowException
+
     client = client_for(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise LookupError(f"no MLflow experiment named {experiment_name!r} in "
                           f"{client.tracking_uri}")
-    from mlflow.exceptions import MlflowException
-
     found, token = [], None
     while True:
         try:
