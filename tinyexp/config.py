@@ -170,6 +170,10 @@ class LSTMArch:
         _positive("arch.hidden_size", self.hidden_size)
         _require(self.num_layers >= 1, "arch.num_layers", f"must be >= 1, got {self.num_layers}")
         _fraction("arch.dropout", self.dropout)
+        # Dropout sits between stacked LSTM layers, as in nn.LSTM: one layer has nowhere for it.
+        _require(self.dropout == 0 or self.num_layers >= 2, "arch.dropout",
+                 f"acts between stacked LSTM layers: with arch.num_layers=1 it must be 0, "
+                 f"got {self.dropout} (set arch.num_layers >= 2)")
 
 
 @dataclass

@@ -115,6 +115,19 @@ def _progress_bar(setting: bool | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def build_trainer(cfg: DictConfig, *, max_epochs: int | None = None,
+                  callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks, then ``callbacks``."""
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    overrides: dict[str, Any] = {
+        "callbacks": configured + list(callbacks or []),
+        "enable_progress_bar": _progress_bar(cfg.trainer.get("enable_progress_bar")),
+    }
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    return instantiate(cfg.trainer, **overrides)
+
+
 def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *,
           max_epochs: int | None = None,
           extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
@@ -134,15 +147,8 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
     net.train()  # Lightning keeps the mode it finds; a measured (eval) net must train with dropout
     task = TASKS[datamodule.task](net, instantiate(cfg.optim))
     best = RestoreBest()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [best]
-    callbacks += extra_callbacks or []
-    overrides: dict[str, Any] = {
-        "callbacks": callbacks,
-        "enable_progress_bar": _progress_bar(cfg.trainer.get("enable_progress_bar")),
-    }
-    if max_epochs is not None:
-        overrides["max_epochs"] = max_epochs
-    trainer: pl.Trainer = instantiate(cfg.trainer, **overrides)
+    trainer = build_trainer(cfg, max_epochs=max_epochs,
+                            callbacks=[best, *(extra_callbacks or [])])
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     net.eval()

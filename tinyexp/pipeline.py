@@ -138,15 +138,18 @@ def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictCon
                 callbacks: list[pl.Callback]) -> tuple[nn.Module, dict[str, float]]:
     """Structured L1 pruning of a copy of ``net``, fine-tuned after each step."""
     epochs = cfg.prune.finetune_epochs
+    trained = []  # epochs each fine-tuning ran (early stopping may end one sooner)
 
     def finetune(pruned: nn.Module) -> None:
         if epochs > 0:
-            train(pruned, datamodule, cfg, max_epochs=epochs, extra_callbacks=callbacks)
+            info = train(pruned, datamodule, cfg, max_epochs=epochs, extra_callbacks=callbacks)
+            trained.append(info["epochs"])
 
     pruned, report = prune_l1(copy.deepcopy(net), datamodule.example_input(),
                               ratio=cfg.prune.ratio, steps=cfg.prune.steps, finetune=finetune,
                               round_to=cfg.prune.round_to)
-    return pruned, {"ratio_asked": report.ratio}
+    return pruned, {"ratio_asked": report.ratio, "steps": report.steps,
+                    "groups_pruned": report.groups_pruned, "finetune_epochs": sum(trained)}
 
 
 def sensitivity_stage(net: nn.Module, datamodule: pl.LightningDataModule,

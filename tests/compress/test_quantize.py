@@ -126,3 +126,49 @@ def test_compact_names_shrinks_the_file_and_keeps_outputs(tmp_path):
     compact_onnx(path)
     assert path.stat().st_size < before
     np.testing.assert_allclose(_run(path, data[:4].numpy()), reference, rtol=1e-5, atol=1e-6)
+
+
+def _scales(path) -> dict[str, np.ndarray]:
+    """The quantization scales stored in a file, by initializer name."""
+    model = onnx.load(str(path))
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+            if "scale" in i.name}
+
+
+@pytest.mark.parametrize(("mode", "arch", "widest"), [
+    ("int8", "cnn", 32),            # the first conv's 32 output channels
+    ("int16x8", "cnn", 32),
+    ("dynamic", "custom_cnn", 64),  # dynamic mode: per channel for Linear layers only (ONNX
+])                                  # Runtime's ConvInteger takes one weight scale)
+def test_per_channel_stores_one_weight_scale_per_output_channel(tmp_path, mode, arch, widest):
+    net, data = _nets()[arch]
+    net.eval()
+    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    sizes = {}
+    for per_channel in (False, True):
+        spec = PTQSpec(mode, calibration_samples=32, per_channel=per_channel,
+                       format="qdq" if mode == "int16x8" else "qoperator")
+        dst = quantize_onnx(src, tmp_path / f"{per_channel}.onnx", spec, data.numpy()[:32])
+        sizes[per_channel] = max(s.size for s in _scales(dst).values())
+    assert sizes == {False: 1, True: widest}
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_calibration_method_sets_the_activation_ranges(tmp_path, mode):
+    net, data = _nets()["cnn"]
+    net.eval()
+    data = data ** 3  # heavy tails: the outliers that entropy and percentile clip
+    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    found = {}
+    for method in ("minmax", "entropy", "percentile"):
+        spec = PTQSpec(mode, calibration_samples=64, calibrate_method=method,
+                       format="qdq")
+        dst = quantize_onnx(src, tmp_path / f"{method}.onnx", spec, data.numpy())
+        found[method] = _scales(dst)
+    for method in ("entropy", "percentile"):
+        assert found[method].keys() == found["minmax"].keys()
+        assert any(not np.allclose(found[method][k], found["minmax"][k])
+                   for k in found["minmax"]), f"{method} gave min-max's ranges"
+    # Min-max covers every calibration value: the input scale is the largest of the three.
+    name = "/Transpose_output_0_scale"  # the quantized input, transposed for Conv1d
+    assert all(found["minmax"][name] >= found[m][name] for m in ("entropy", "percentile"))
