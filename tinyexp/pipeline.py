@@ -153,8 +153,11 @@ def prune_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictCon
 
 
 def sensitivity_stage(net: nn.Module, datamodule: pl.LightningDataModule,
-                      cfg: DictConfig) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Per-layer sensitivity: each prunable group pruned alone at each ratio, then evaluated."""
+                      cfg: DictConfig) -> tuple[nn.Module, list[dict[str, Any]], str]:
+    """Per-layer sensitivity: each prunable group pruned alone at each ratio, then evaluated.
+
+    Returns the network unchanged, one row per group and ratio, and the metric ranking them.
+    """
     from tinyexp.compress.sensitivity import layer_sensitivity
 
     epochs = cfg.analysis.finetune_epochs
@@ -166,7 +169,7 @@ def sensitivity_stage(net: nn.Module, datamodule: pl.LightningDataModule,
         net, datamodule.example_input(),
         evaluate=lambda pruned: evaluate(_torch_predict(pruned), datamodule, cfg),
         ratios=list(cfg.analysis.ratios), finetune=finetune if epochs > 0 else None)
-    return net, rows
+    return net, rows, cfg.analysis.metric or SENSITIVITY_METRIC[datamodule.task]
 
 
 def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig,
@@ -174,13 +177,15 @@ def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: Dict
     """Quantize the final float network into ``artifact``; report what stayed in float."""
     quant = cfg.quant
     example = datamodule.example_input()
+    report: dict[str, Any] = {}
     if quant.name == "qat":
         from tinyexp.compress.qat import calibrate, export_qcdq, to_qat
 
         net = to_qat(net, quant.weight_bits, quant.act_bits)
         # Set activation scales from data first: fresh quantizers clip to [-1, 1].
         calibrate(net, torch.from_numpy(datamodule.calibration_windows(256)))
-        train(net, datamodule, cfg, max_epochs=quant.epochs, extra_callbacks=callbacks)
+        info = train(net, datamodule, cfg, max_epochs=quant.epochs, extra_callbacks=callbacks)
+        report["epochs"] = info["epochs"]
         export_qcdq(net, example, artifact)
     else:
         spec = PTQSpec(mode=quant.name, **{k: quant[k] for k in (
@@ -199,7 +204,7 @@ def quantize_stage(net: nn.Module, datamodule: pl.LightningDataModule, cfg: Dict
         log.warning("quant=%s: ONNX Runtime runs %s in float32 in this model (recorded on the "
                     "run as tinyexp.quant_float_ops)", quant.name,
                     ", ".join(f"{n} x{c}" for n, c in sorted(left.items())))
-    return net, {"float_ops": left}
+    return net, {**report, "float_ops": left}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -233,6 +238,11 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """The option of each group, as searchable run tags (``tinyexp.arch: cnn``)."""
+    return {f"tinyexp.{g}": cfg[g].name for g in ("dataset", "arch", "prune", "quant", "target")}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job.
 
@@ -246,7 +256,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_dir = Path(hydra.sweep.dir) if hydra and hydra.mode == RunMode.MULTIRUN else None
     name = describe(cfg)
-    tags = {f"tinyexp.{g}": cfg[g].name for g in ("dataset", "arch", "prune", "quant", "target")}
+    tags = run_tags(cfg)
     if hydra is not None:
         tags["tinyexp.overrides"] = " ".join(hydra.overrides.task) or "(defaults)"
 
@@ -268,8 +278,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics["baseline/epochs"] = info["epochs"]
         primary = PRIMARY_METRIC[datamodule.task]
         if cfg.analysis.name == "layers":
-            net, rows = sensitivity_stage(net, datamodule, cfg)
-            ranked_by = cfg.analysis.metric or SENSITIVITY_METRIC[datamodule.task]
+            net, rows, ranked_by = sensitivity_stage(net, datamodule, cfg)
             metrics.update(_layer_metrics(rows, ranked_by))
             layer_files = write_layer_report(rows, ranked_by, out_dir)
         final = "baseline"
@@ -285,6 +294,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics.update({f"quantized/{k}": v for k, v in measure(
                 _ort_predict(artifact), qnet, datamodule, cfg, artifact).items()})
             metrics["quantized/float_compute_ops"] = sum(report["float_ops"].values())
+            if "epochs" in report:  # QAT: the fine-tuning epochs it ran
+                metrics["quantized/epochs"] = report["epochs"]
             tracker.set_tags({"tinyexp.quant_float_ops": ", ".join(
                 f"{n} x{c}" for n, c in sorted(report["float_ops"].items())) or "none"})
             final = "quantized"

@@ -1,0 +1,450 @@
+"""Every config key is wired: changing it changes what the run builds or measures.
+
+For each leaf key of each option of each config group (and the top-level nodes), the test
+composes the real config twice, once as shipped and once with that key changed, hands both to
+the code the pipeline runs for that group (the datamodule, the network, the prune and quantize
+stages, the Trainer, the tracker, the target verdict, ...) and asserts that what comes out
+differs. A key that changes nothing is a bug: wire it, or list it in ``DESCRIPTIVE`` with the
+reason it is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from support import CONF, SKAB_DIR, TINY
+
+from tinyexp import cache as baseline_cache
+from tinyexp import pipeline, tracking
+from tinyexp.config import describe, validate
+from tinyexp.lit import build_trainer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# Keys that describe an option rather than configure it, and why each is there.
+DESCRIPTIVE = {
+    "name": "the option's name: selects its schema and stage, labels the run (run name, "
+            "tinyexp.<group> tag); changing it alone names another option",
+    "_target_": "Hydra's instantiation key: the class built; each class has its own tests",
+    "_partial_": "Hydra's instantiation key: build a factory, not an object",
+    "dataset.task": "what the data is for; config.validate checks analysis.metric against it",
+    "dataset.input": "series or image; config.validate checks it against arch.input",
+    "arch.input": "series or image; config.validate checks it against dataset.input",
+    "target.board": "the board the budget comes from; logged as a param, read by no stage",
+    "target.clock_mhz": "the part's clock; logged as a param, read by no stage (latency is "
+                        "measured on the host, not scaled to the MCU)",
+    "quant=int16x8:quant.format": "16-bit activations exist only as QDQ in ONNX Runtime: the "
+                                  "key states it, config.validate rejects anything else",
+}
+# Groups that hold presets of other groups' keys, not keys of their own.
+PRESET_GROUPS = {"experiment": "presets of other groups' keys (tested in test_config)",
+                 "hydra": "Hydra's own help text"}
+
+# The value a key is changed to where ``_changed`` cannot guess one.
+CHANGES = {
+    "seed": 1,
+    "dataset.window": 64,                  # still a multiple of the CNN's 4
+    "dataset.data_dir": "<skab original>",
+    "dataset.folders": ["valve1"],
+    "dataset.threshold_quantile": 0.9,
+    "dataset.val_fraction": 0.3,
+    "dataset.test_fraction": 0.3,
+    "arch.channels": [16, 8],
+    "arch.kernel_size": 5,
+    "arch.d_model": 16,
+    "arch.num_heads": 2,
+    "arch.dropout": 0.3,
+    "prune.ratio": 0.3,
+    "prune.round_to": 3,
+    "quant.calibration_samples": 16,   # fewer than the small job's training windows
+    "quant.calibrate_method": "entropy",
+    "quant.format": "qdq",
+    "quant.weight_bits": 4,
+    "quant.act_bits": 4,
+    "trainer.accelerator": "gpu",          # none here: the Trainer refuses it, so it is read
+    "trainer.devices": 2,
+    "trainer.enable_progress_bar": True,
+    "trainer.limit_train_batches": 2,
+    "trainer.limit_val_batches": 1,
+    "optim._target_": "torch.optim.SGD",
+    "callbacks.early_stopping.monitor": "train/loss",
+    "callbacks.early_stopping.mode": "max",
+    "logger.tracking_uri": "<other store>",
+    "logger.experiment_name": "other",
+    "target.flash_bytes": 65536,
+    "target.ram_bytes": 16384,
+    "measure.opset": 18,
+    "analysis.ratios": [0.25],
+    "analysis.metric": "f1",
+    "cache_dir": "<other cache>",
+}
+# Settings a key is compared under, where the default makes the check slow or moot.
+CONTEXT = {
+    "dataset=digits": ["arch=custom_cnn"],
+    "dataset=skab": ["dataset.data_dir=<skab copy>", "dataset.train_rows=100"],
+    "arch=custom_cnn": ["dataset=digits"],
+    "arch=lstm": ["arch.num_layers=2"],            # dropout acts between stacked layers
+    "quant=dynamic": ["arch=custom_cnn", "dataset=digits"],  # per-channel: Linear weights
+    "quant=qat": ["quant.epochs=1"],
+    "analysis=layers": ["analysis.ratios=[0.5]"],
+}
+# The small job every comparison starts from.
+BASE = TINY
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _leaves(node, prefix: str):
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)  # `???` values are leaves too
+    for key, value in node.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path)
+        else:
+            yield path
+
+
+def _cases() -> list[tuple[str, str]]:
+    """(option selection, dotted key) for every leaf key; presets sharing an option's schema
+    (``w4a8`` is ``qat``, ``smoke`` is ``default``) are covered by that option."""
+    cases, seen = [], set()
+    for folder in sorted(p for p in CONF.iterdir() if p.is_dir()):
+        group = folder.name
+        if group in PRESET_GROUPS:
+            continue
+        for option in sorted(f.stem for f in folder.glob("*.yaml")):
+            raw = yaml.safe_load((folder / f"{option}.yaml").read_text()) or {}
+            body = raw.get(group, raw) if group == "search" else raw
+            node = OmegaConf.create({k: v for k, v in body.items()
+                                     if k not in ("defaults", "hydra")})
+            if group != "search":
+                extra = [o for o in _context(f"{group}={option}") if "<" not in o]
+                node = _compose([f"{group}={option}", *extra])[group]
+            for key in _leaves(node, group):
+                label = (group, node.get("name") if group != "search" else option, key)
+                if label not in seen:
+                    seen.add(label)
+                    cases.append((f"{group}={option}", key))
+    cfg = _compose([])
+    for top in ("seed", "cache_dir", "optim", "callbacks", "measure"):
+        keys = _leaves(cfg[top], top) if isinstance(cfg[top], DictConfig) else [top]
+        cases += [("", key) for key in keys]
+    return cases
+
+
+def _context(selection: str) -> list[str]:
+    return CONTEXT.get(selection, [])
+
+
+def _descriptive(selection: str, key: str) -> str | None:
+    if f"{selection}:{key}" in DESCRIPTIVE:
+        return DESCRIPTIVE[f"{selection}:{key}"]
+    if key in CHANGES:
+        return None
+    return DESCRIPTIVE.get(key) or DESCRIPTIVE.get(key.rsplit(".", 1)[-1])
+
+
+def _changed(key: str, value, workdir: Path):
+    if key in CHANGES:
+        new = CHANGES[key]
+        if new == "<skab original>":
+            return str(SKAB_DIR)
+        if new == "<other store>":
+            return f"sqlite:///{workdir / 'other.db'}"
+        if new == "<other cache>":
+            return str(workdir / "other-cache")
+        return new
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2
+    raise AssertionError(f"{key}: no change known for {value!r}; add one to CHANGES")
+
+
+def _skab_copy(workdir: Path) -> Path:
+    """Part of the real SKAB data plus a 'valve2' folder, so data_dir and folders can differ."""
+    copy = workdir / "skab"
+    if not copy.exists():
+        (copy / "valve1").mkdir(parents=True)
+        (copy / "valve2").mkdir()
+        shutil.copytree(SKAB_DIR / "anomaly-free", copy / "anomaly-free")
+        files = sorted((SKAB_DIR / "valve1").glob("*.csv"))
+        for f in files[:2]:
+            shutil.copy(f, copy / "valve1" / f.name)
+        shutil.copy(files[2], copy / "valve2" / "0.csv")
+    return copy
+
+
+# ----------------------------------------------------------------------------- what a key does
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@cache
+def _datamodule(dataset_yaml: str, seed: int):
+    cfg = OmegaConf.create({"dataset": OmegaConf.create(dataset_yaml), "seed": seed})
+    return pipeline.build_datamodule(cfg)
+
+
+def _data(cfg: DictConfig):
+    return _datamodule(OmegaConf.to_yaml(cfg.dataset, resolve=True), cfg.seed)
+
+
+def _net(cfg: DictConfig):
+    return pipeline.build_net(cfg, _data(cfg))
+
+
+def observe_dataset(cfg, workdir):
+    dm = _data(cfg)
+    batches = [_digest(b[0] if isinstance(b, list | tuple) else b)
+               for b in dm.train_dataloader()]
+    out = {"train": batches, "val": [_digest(b[0] if isinstance(b, list | tuple) else b)
+                                     for b in dm.val_dataloader()]}
+    if dm.task == "anomaly":
+        out["segments"] = [_digest(s.train, s.test, s.labels) for s in dm.segments]
+        # A fixed detector, each window reconstructed as its own mean over time: a flat or
+        # drifting window scores apart from a lively one, so the threshold rule has work to do.
+        out["metrics"] = pipeline.evaluate(
+            lambda x: np.broadcast_to(x.mean(axis=1, keepdims=True), x.shape), dm, cfg)
+    else:
+        out["test"] = _digest(*dm.test_arrays())
+    return out
+
+
+def observe_arch(cfg, workdir):
+    net = _net(cfg)
+    shapes = [(n, tuple(p.shape)) for n, p in net.named_parameters()]
+    net.train()  # dropout acts
+    torch.manual_seed(0)
+    out = net(_data(cfg).example_input().repeat(4, *[1] * (_data(cfg).example_input().dim() - 1)))
+    return {"class": type(net).__name__, "shapes": shapes, "out": _digest(out.detach())}
+
+
+def observe_prune(cfg, workdir):
+    pruned, report = pipeline.prune_stage(_net(cfg), _data(cfg), cfg, [])
+    from tinyexp.compress.prune import layer_widths
+
+    return {"widths": layer_widths(pruned), "report": report,
+            "weights": _digest(*[p.detach() for p in pruned.parameters()])}
+
+
+def observe_quant(cfg, workdir):
+    artifact = workdir / "q.onnx"
+    _, report = pipeline.quantize_stage(_net(cfg), _data(cfg), cfg, artifact, [])
+    return {"file": hashlib.sha256(artifact.read_bytes()).hexdigest(), "report": report}
+
+
+def observe_trainer(cfg, workdir):
+    from pytorch_lightning.callbacks import ModelSummary
+
+    trainer = build_trainer(cfg)
+    return {
+        "max_epochs": trainer.max_epochs, "accelerator": type(trainer.accelerator).__name__,
+        "devices": trainer.num_devices,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),  # the Trainer sets it
+        "checkpointing": trainer.checkpoint_callback is not None,
+        "logger": trainer.logger is not None,
+        "summary": any(isinstance(c, ModelSummary) for c in trainer.callbacks),
+        "progress_bar": trainer.progress_bar_callback is not None,
+        "log_every_n_steps": trainer.log_every_n_steps,
+        "limits": [trainer.limit_train_batches, trainer.limit_val_batches],
+    }
+
+
+def observe_optim(cfg, workdir):
+    optimizer = instantiate(cfg.optim)(_net(cfg).parameters())
+    return [type(optimizer).__name__, optimizer.param_groups[0]["lr"]]
+
+
+def observe_callbacks(cfg, workdir):
+    found = [c for c in build_trainer(cfg).callbacks if type(c).__name__ == "EarlyStopping"]
+    return [[c.monitor, c.patience, c.mode] for c in found]
+
+
+def observe_logger(cfg, workdir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'default.db'}")
+    with tracking.job_run(cfg, "probe", pipeline.run_tags(cfg)) as tracker:
+        pass
+    if tracker.run_id is None:
+        return "no run"
+    stores = {}
+    for db in sorted(workdir.glob("*.db")):
+        client = tracking.client_for(f"sqlite:///{db}")
+        run = client.get_run(tracker.run_id) if _has_run(client, tracker.run_id) else None
+        if run is not None:
+            stores[db.name] = client.get_experiment(run.info.experiment_id).name
+    return stores
+
+
+def _has_run(client, run_id) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:
+        return False
+
+
+def observe_target(cfg, workdir):
+    # A ladder of model sizes: which ones the target takes.
+    sizes = [2 ** k for k in range(12, 24)]
+    return [pipeline.fits_target({"s/flash_bytes": f, "s/ram_bytes": r}, "s", cfg.target)
+            for f in sizes for r in sizes]
+
+
+def observe_analysis(cfg, workdir):
+    _, rows, metric = pipeline.sensitivity_stage(_net(cfg), _data(cfg), cfg)
+    return pipeline._layer_metrics(rows, metric)
+
+
+def observe_measure(cfg, workdir, monkeypatch):
+    from tinyexp.measure import cost
+
+    calls = []
+    real = cost.ort_session
+
+    def counting(path, threads=1):
+        session = real(path, threads)
+
+        class Counted:
+            def get_inputs(self):
+                return session.get_inputs()
+
+            def run(self, *args, **kwargs):
+                calls.append(1)
+                return session.run(*args, **kwargs)
+        return Counted()
+
+    monkeypatch.setattr(cost, "ort_session", counting)
+    artifact = workdir / "m.onnx"
+    pipeline.measure_float(_net(cfg), _data(cfg), cfg, artifact)
+    import onnx
+
+    return {"opset": [o.version for o in onnx.load(str(artifact)).opset_import],
+            "session_runs": len(calls)}
+
+
+def observe_search(cfg, workdir):
+    return {"n_trials": OmegaConf.select(cfg, "hydra.sweeper.n_trials")}
+
+
+def observe_seed(cfg, workdir):
+    return {"key": baseline_cache.baseline_key(cfg), "data": observe_dataset(cfg, workdir),
+            "net": _digest(*[p.detach() for p in _net(cfg).parameters()])}
+
+
+def observe_cache_dir(cfg, workdir):
+    # A baseline stored under the shipped cache_dir: the run finds it there, and only there.
+    stored = workdir.parent / "cache"  # the test's cache_dir
+    net = _net(cfg)
+    baseline_cache.store(stored, baseline_cache.baseline_key(cfg), net, {"epochs": 0})
+    _, info = pipeline.baseline_stage(_net(cfg), _data(cfg), cfg)
+    return info["cache"]
+
+
+OBSERVERS = {
+    "dataset": observe_dataset, "arch": observe_arch, "prune": observe_prune,
+    "quant": observe_quant, "trainer": observe_trainer, "optim": observe_optim,
+    "callbacks": observe_callbacks, "logger": observe_logger, "target": observe_target,
+    "analysis": observe_analysis, "measure": observe_measure, "search": observe_search,
+    "seed": observe_seed, "cache_dir": observe_cache_dir,
+}
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+ALL_CASES = _cases()
+CASES = [c for c in ALL_CASES if not _descriptive(*c)]
+
+
+def _id(case):
+    selection, key = case
+    return f"{selection}:{key}" if selection else key
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_changing_a_key_changes_what_the_run_builds(case, tmp_path, monkeypatch):
+    selection, key = case
+    if "skab" in selection + " ".join(_context(selection)) and not SKAB_DIR.is_dir():
+        pytest.skip(f"no SKAB data at {SKAB_DIR}")
+    monkeypatch.chdir(tmp_path)
+    group = key.split(".", 1)[0]
+    observe = OBSERVERS[group]
+    extra = [selection, *_context(selection)] if selection else []
+    extra = [o.replace("<skab copy>", str(_skab_copy(tmp_path))) for o in extra]
+    other_data = any(o.startswith("dataset=") and o != "dataset=sensors" for o in extra)
+    context = [*(o for o in BASE if not (other_data and o.startswith("dataset."))),
+               f"cache_dir={tmp_path / 'cache'}", *extra]
+
+    results, value, new = [], None, None
+    for changed in (False, True):
+        overrides = context
+        if changed:
+            value = OmegaConf.select(_compose(context), key)
+            new = _changed(key, value, tmp_path)
+            overrides = [*context, f"{key}={json.dumps(new) if new is not None else 'null'}"]
+        cfg = _compose(overrides)
+        if group != "search":  # as a job gets it: Hydra's node is the sweeper's business
+            cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        validate(cfg)  # the change must be a valid config: a rejected value proves nothing
+        workdir = tmp_path / f"job{int(changed)}"
+        workdir.mkdir()
+        args = (cfg, workdir, monkeypatch) if group in ("logger", "measure") else (cfg, workdir)
+        try:
+            seen = observe(*args)
+        except Exception as err:  # valid config, refused by the code that reads the key
+            seen = f"raised {type(err).__name__}: {err}"
+        results.append(json.dumps(seen, sort_keys=True, default=str))
+    assert results[0] != results[1], (f"{key}: changing it from {value!r} to {new!r} changed "
+                                      f"nothing that {observe.__name__} sees")
+
+
+def test_every_descriptive_entry_names_keys_that_exist():
+    keys = {key for _, key in ALL_CASES}
+    suffixes = {key.rsplit(".", 1)[-1] for key in keys}
+    for entry in DESCRIPTIVE:
+        key = entry.split(":", 1)[-1]
+        assert key in keys or key in suffixes, f"DESCRIPTIVE lists {entry!r}: no such key"
+    assert len(CASES) > 80  # the wiring test still covers the keys that configure something
+
+
+def test_every_group_has_an_observer():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()} - set(PRESET_GROUPS)
+    assert groups <= set(OBSERVERS), groups - set(OBSERVERS)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "quant").glob("w*a*.yaml")))
+def test_qat_presets_carry_the_bits_their_names_say(preset):
+    quant = _compose([f"quant={preset}"]).quant
+    assert quant.name == "qat"
+    assert f"w{quant.weight_bits}a{quant.act_bits}" == preset
+    assert describe(_compose([f"quant={preset}"])).endswith(f"qat-{preset}")
