@@ -400,7 +400,8 @@ def test_changing_a_key_changes_what_the_run_builds(case, tmp_path, monkeypatch)
     group = key.split(".", 1)[0]
     observe = OBSERVERS[group]
     extra = [selection, *_context(selection)] if selection else []
-    extra = [o.replace("<skab copy>", str(_skab_copy(tmp_path))) for o in extra]
+    extra = [o.replace("<skab copy>", str(_skab_copy(tmp_path))) if "<skab copy>" in o else o
+             for o in extra]
     other_data = any(o.startswith("dataset=") and o != "dataset=sensors" for o in extra)
     context = [*(o for o in BASE if not (other_data and o.startswith("dataset."))),
                f"cache_dir={tmp_path / 'cache'}", *extra]
