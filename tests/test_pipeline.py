@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import onnx
 import pytest
 from omegaconf import OmegaConf
 from support import TINY
 
-from tinyexp.pipeline import fits_target, run
+from tinyexp.pipeline import fits_target, run, write_json
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,16 +25,20 @@ def _conv_widths(path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory, single_thread):
-    """Two runs pruning at 0.3, one with the defaults and one with steps=2 and round_to=4."""
+    """Runs pruning at 0.3: the defaults; steps=2 and round_to=4 on a tiny target; int8 after
+    a per-layer analysis."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from support import CONF
 
     out = {}
     cache = tmp_path_factory.mktemp("cache")
-    for name, extra in {"default": [], "steps2_round4": ["prune.steps=2", "prune.round_to=4",
-                                                          "target=tiny",
-                                                          "target.flash_bytes=10000"]}.items():
+    for name, extra in {
+        "default": [],
+        "steps2_round4": ["prune.steps=2", "prune.round_to=4", "target=tiny",
+                          "target.flash_bytes=10000"],
+        "int8_layers": ["quant=int8", "analysis=layers", "analysis.ratios=[0.5]"],
+    }.items():
         folder = tmp_path_factory.mktemp(name)
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -82,3 +89,53 @@ def test_fits_target_compares_both_budgets(flash, ram, fits):
     target = OmegaConf.create({"flash_bytes": 1000, "ram_bytes": 1000})
     metrics = {"pruned/flash_bytes": flash, "pruned/ram_bytes": ram}
     assert fits_target(metrics, "pruned", target) is fits
+
+
+def test_every_stage_is_measured_and_compared_with_the_baseline(jobs):
+    result, folder = jobs["int8_layers"]
+    metrics = result["metrics"]
+    assert result["final_stage"] == "quantized"
+    assert result["objective"] == metrics["quantized/f1"]
+    for stage in ("baseline", "pruned", "quantized"):
+        file = folder / f"{stage}.onnx"
+        assert metrics[f"{stage}/size_bytes"] == file.stat().st_size == \
+            metrics[f"{stage}/flash_bytes"]
+        for name in ("mse", "f1", "roc_auc", "params", "weight_bytes", "macs", "ram_bytes",
+                     "latency_ms", "latency_p90_ms"):
+            assert f"{stage}/{name}" in metrics, f"{stage}/{name}"
+    # The quantized metrics come from running the int8 file, not the float network.
+    assert metrics["quantized/mse"] != metrics["pruned/mse"]
+    assert metrics["quantized/weight_bytes"] < 0.75 * metrics["pruned/weight_bytes"]
+    assert metrics["quantized/float_compute_ops"] == 2  # the transposed convolutions
+    for stage in ("pruned", "quantized"):
+        for name, key in (("params", "param_reduction_pct"), ("macs", "macs_reduction_pct"),
+                          ("size_bytes", "size_reduction_pct"),
+                          ("latency_ms", "latency_reduction_pct")):
+            base, value = metrics[f"baseline/{name}"], metrics[f"{stage}/{name}"]
+            assert metrics[f"{stage}/{key}"] == pytest.approx(100 * (base - value) / base)
+        for name in ("mse", "f1", "far", "mar", "roc_auc"):
+            assert metrics[f"{stage}/{name}_delta"] == pytest.approx(
+                metrics[f"{stage}/{name}"] - metrics[f"baseline/{name}"])
+    assert metrics["pruned/param_reduction_pct"] > 0  # smaller is a positive saving
+    assert json.loads((folder / "metrics.json").read_text()) == pytest.approx(metrics)
+
+
+def test_the_layer_analysis_is_logged_per_group(jobs):
+    result, folder = jobs["int8_layers"]
+    layers = {k: v for k, v in result["metrics"].items() if k.startswith("layers/")}
+    # The CNN's four prunable groups at ratio 0.5, ranked by MSE (anomaly data).
+    assert len(layers) == 8 and all(k.split("/")[2] == "r50" for k in layers)
+    assert {k.rsplit("/", 1)[-1] for k in layers} == {"mse", "mse_delta"}
+    for key, value in layers.items():
+        if key.endswith("/mse"):
+            assert layers[f"{key}_delta"] == pytest.approx(
+                value - result["metrics"]["baseline/mse"], rel=1e-6)
+    assert (folder / "layer_sensitivity.csv").read_text().count("\n") == 1 + 4 + 1
+    assert (folder / "layer_sensitivity.png").stat().st_size > 0
+
+
+def test_write_json_turns_non_finite_into_null_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"a": 1.5, "b": math.nan, "c": math.inf, "d": "x"})
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": None, "d": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
