@@ -1,5 +1,6 @@
 # make run   - set up .venv (CPU torch first) and run the default experiment
 # make test  - set up .venv and run the fast test tier (make test-slow: the slow tier)
+# make mutation - mutmut over the core modules against the fast in-process tests (long: see README)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -35,6 +36,18 @@ test-browser: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tinyexp hydra_plugins tests
+
+# Mutation testing: mutmut copies the package into mutants/ (the working tree is never
+# mutated), runs one worker so the second core stays free, and keeps results there, so a rerun
+# only redoes the functions that changed. MUTATE narrows it to mutant names (globs), e.g.
+#   make mutation MUTATE="tinyexp.measure.metrics.*"
+.PHONY: mutation
+mutation: $(STAMP)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e ".[mutation]"
+	set -f; $(VENV)/bin/mutmut run --max-children 1 $(MUTATE)
+	@echo "surviving mutants (mutmut show NAME for the diff):"
+	@$(VENV)/bin/mutmut results | grep -E ': (survived|timeout|suspicious|segfault)$$' || true
+	$(PY) -m tinyexp.bench.mutation_summary
 
 clean:
 	rm -rf outputs multirun/*/ .tinyexp_cache mlflow.db mlartifacts mlruns
