@@ -47,3 +47,24 @@ def test_finished_run_has_params_and_parent_helpers_log_to_it(tmp_path):
     run = MlflowClient(cfg.logger.tracking_uri).get_run(parent)
     assert run.data.metrics["best/f1"] == 0.5 and run.data.params["best.ratio"] == "0.3"
     assert run.info.status == "FINISHED"
+
+
+def test_the_config_becomes_dotted_params_and_every_finite_metric_is_logged(tmp_path):
+    cfg = OmegaConf.merge(_cfg(tmp_path), {"prune": {"ratio": 0.5, "round_to": None},
+                                           "arch": {"channels": [32, 16]}})
+    metrics = {f"m/{i}": float(i) for i in range(501)}  # more than one batch of 500
+    metrics.update({"bad/nan": float("nan"), "bad/inf": float("inf"), "bad/none": None})
+    with tracking.job_run(cfg, "job", {"tinyexp.arch": "cnn"}) as tracker:
+        tracker.log_metrics(metrics)
+    run = _only_run(tmp_path)
+    assert run.data.params["prune.ratio"] == "0.5"
+    assert run.data.params["prune.round_to"] == "None"
+    assert run.data.params["arch.channels"] == "[32, 16]"  # lists stay whole
+    assert run.data.params["logger.experiment_name"] == "t"
+    assert run.data.tags["tinyexp.arch"] == "cnn" and run.info.run_name == "job"
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("m/")} == {
+        f"m/{i}": float(i) for i in range(501)}
+    assert not [k for k in run.data.metrics if k.startswith("bad/")]
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
+        run.info.run_id, "m/7")
+    assert abs(history[0].timestamp - run.info.start_time) < 60_000  # milliseconds, not seconds

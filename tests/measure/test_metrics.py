@@ -106,6 +106,7 @@ def test_segments_pool_and_single_class_auc_is_nan() -> None:
     normal = AnomalySegment("n", seg.train, seg.test, np.zeros_like(seg.labels))
     m = anomaly_metrics(identity, [normal], window)
     assert math.isnan(m["roc_auc"]) and m["mar"] == 0.0
+    assert m["f1"] == 0.0  # nothing to find, nothing flagged: no credit (sklearn's 0/0 -> 0)
     both = anomaly_metrics(identity, [seg, normal], window)
     assert both["mse"] == 0.0
     with pytest.raises(ValueError, match="do not match"):
@@ -121,3 +122,24 @@ def test_classification_metrics() -> None:
     # Recall per class 1/2, 2/2, 1/2; precision 1/2, 2/3, 1/1 -> F1 1/2, 4/5, 2/3.
     assert m["recall"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
     assert m["f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_mse_is_the_squared_error_of_clean_windows_pooled_over_segments() -> None:
+    first, window = random_segment(0)
+    second, _ = random_segment(1)
+    # A shorter second segment with one anomaly: the two hold different numbers of clean windows.
+    labels = np.zeros(200, dtype=np.int64)
+    labels[50:60] = 1
+    second = AnomalySegment("t", second.train, second.test[:191], labels)
+
+    def half(x: np.ndarray) -> np.ndarray:
+        return 0.5 * x
+
+    errors = []
+    for seg in (first, second):
+        clean = ~np.lib.stride_tricks.sliding_window_view(seg.labels, window).any(axis=1)
+        errors.append(((0.5 * seg.test[clean].astype(np.float64)) ** 2).mean(axis=(1, 2)))
+    expected = np.concatenate(errors).mean()  # every clean window weighs the same
+    m = anomaly_metrics(half, [first, second], window)
+    assert m["mse"] == pytest.approx(expected, rel=1e-6)
+    assert m["mse"] != pytest.approx(np.mean([e.mean() for e in errors]), rel=1e-3)
