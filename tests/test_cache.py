@@ -47,3 +47,15 @@ def test_each_seed_trains_its_own_baseline_and_the_same_seed_hits(compose_cfg, t
 def test_key_changes_with_what_decides_the_weights_only(compose_cfg, override, same):
     base = cache.baseline_key(compose_cfg(SMALL))
     assert (cache.baseline_key(compose_cfg([*SMALL, override])) == base) is same
+
+
+def test_an_entry_without_its_training_info_is_a_miss(compose_cfg, tmp_path):
+    # The info file is written last and marks the entry complete: weights alone (a job killed
+    # between the two writes) must not be taken for a cached baseline.
+    _, info = _baseline(compose_cfg, tmp_path, "seed=0")
+    entry = tmp_path / "baselines" / info["key"]
+    (entry / "train.json").unlink()
+    cfg = compose_cfg([*SMALL, f"cache_dir={tmp_path}", "seed=0"])
+    datamodule = build_datamodule(cfg)
+    assert cache.load(tmp_path, info["key"], build_net(cfg, datamodule)) is None
+    assert [p.name for p in entry.iterdir()] == ["weights.pt"]  # no temp file left behind
