@@ -172,3 +172,27 @@ def test_calibration_method_sets_the_activation_ranges(tmp_path, mode):
     # Min-max covers every calibration value: the input scale is the largest of the three.
     name = "/Transpose_output_0_scale"  # the quantized input, transposed for Conv1d
     assert all(found["minmax"][name] >= found[m][name] for m in ("entropy", "percentile"))
+
+
+@pytest.mark.parametrize(("mode", "fmt", "ops", "activation"), [
+    ("int8", "qoperator", {"QLinearConv"}, np.uint8),       # integer operators
+    ("int8", "qdq", {"QuantizeLinear", "DequantizeLinear", "Conv"}, np.uint8),
+    ("int16x8", "qdq", {"QuantizeLinear", "DequantizeLinear", "Conv"}, np.int16),
+])
+def test_format_and_mode_decide_the_operators_and_activation_type(tmp_path, mode, fmt, ops,
+                                                                  activation):
+    net, data = _nets()["custom_cnn"]
+    net.eval()
+    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    dst = quantize_onnx(src, tmp_path / "q.onnx",
+                        PTQSpec(mode, calibration_samples=32, format=fmt), data.numpy()[:32])
+    model = onnx.load(str(dst))
+    found = {n.op_type for n in model.graph.node}
+    assert ops <= found, found
+    if fmt == "qoperator":
+        assert "Conv" not in found  # no float convolution left between Q/DQ pairs
+    zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                   if i.name.endswith("zero_point")}
+    # The input's quantization parameters: the activation type the mode promises.
+    input_zero = next(v for k, v in zero_points.items() if k.startswith("input"))
+    assert input_zero.dtype == activation
