@@ -10,26 +10,19 @@ reason it is there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from key_observers import OBSERVERS
 from omegaconf import DictConfig, OmegaConf
 from support import CONF, SKAB_DIR, TINY
 
-from tinyexp import cache as baseline_cache
-from tinyexp import pipeline, tracking
 from tinyexp.config import describe, validate
-from tinyexp.lit import build_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -195,188 +188,6 @@ def _skab_copy(workdir: Path) -> Path:
             shutil.copy(f, copy / "valve1" / f.name)
         shutil.copy(files[2], copy / "valve2" / "0.csv")
     return copy
-
-
-# ----------------------------------------------------------------------------- what a key does
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-@cache
-def _datamodule(dataset_yaml: str, seed: int):
-    cfg = OmegaConf.create({"dataset": OmegaConf.create(dataset_yaml), "seed": seed})
-    return pipeline.build_datamodule(cfg)
-
-
-def _data(cfg: DictConfig):
-    return _datamodule(OmegaConf.to_yaml(cfg.dataset, resolve=True), cfg.seed)
-
-
-def _net(cfg: DictConfig):
-    return pipeline.build_net(cfg, _data(cfg))
-
-
-def observe_dataset(cfg, workdir):
-    dm = _data(cfg)
-    batches = [_digest(b[0] if isinstance(b, list | tuple) else b)
-               for b in dm.train_dataloader()]
-    out = {"train": batches, "val": [_digest(b[0] if isinstance(b, list | tuple) else b)
-                                     for b in dm.val_dataloader()]}
-    if dm.task == "anomaly":
-        out["segments"] = [_digest(s.train, s.test, s.labels) for s in dm.segments]
-        # A fixed detector, each window reconstructed as its own mean over time: a flat or
-        # drifting window scores apart from a lively one, so the threshold rule has work to do.
-        out["metrics"] = pipeline.evaluate(
-            lambda x: np.broadcast_to(x.mean(axis=1, keepdims=True), x.shape), dm, cfg)
-    else:
-        out["test"] = _digest(*dm.test_arrays())
-    return out
-
-
-def observe_arch(cfg, workdir):
-    net = _net(cfg)
-    shapes = [(n, tuple(p.shape)) for n, p in net.named_parameters()]
-    net.train()  # dropout acts
-    torch.manual_seed(0)
-    out = net(_data(cfg).example_input().repeat(4, *[1] * (_data(cfg).example_input().dim() - 1)))
-    return {"class": type(net).__name__, "shapes": shapes, "out": _digest(out.detach())}
-
-
-def observe_prune(cfg, workdir):
-    pruned, report = pipeline.prune_stage(_net(cfg), _data(cfg), cfg, [])
-    from tinyexp.compress.prune import layer_widths
-
-    return {"widths": layer_widths(pruned), "report": report,
-            "weights": _digest(*[p.detach() for p in pruned.parameters()])}
-
-
-def observe_quant(cfg, workdir):
-    artifact = workdir / "q.onnx"
-    _, report = pipeline.quantize_stage(_net(cfg), _data(cfg), cfg, artifact, [])
-    return {"file": hashlib.sha256(artifact.read_bytes()).hexdigest(), "report": report}
-
-
-def observe_trainer(cfg, workdir):
-    from pytorch_lightning.callbacks import ModelSummary
-
-    trainer = build_trainer(cfg)
-    return {
-        "max_epochs": trainer.max_epochs, "accelerator": type(trainer.accelerator).__name__,
-        "devices": trainer.num_devices,
-        "deterministic": torch.are_deterministic_algorithms_enabled(),  # the Trainer sets it
-        "checkpointing": trainer.checkpoint_callback is not None,
-        "logger": trainer.logger is not None,
-        "summary": any(isinstance(c, ModelSummary) for c in trainer.callbacks),
-        "progress_bar": trainer.progress_bar_callback is not None,
-        "log_every_n_steps": trainer.log_every_n_steps,
-        "limits": [trainer.limit_train_batches, trainer.limit_val_batches],
-    }
-
-
-def observe_optim(cfg, workdir):
-    optimizer = instantiate(cfg.optim)(_net(cfg).parameters())
-    return [type(optimizer).__name__, optimizer.param_groups[0]["lr"]]
-
-
-def observe_callbacks(cfg, workdir):
-    found = [c for c in build_trainer(cfg).callbacks if type(c).__name__ == "EarlyStopping"]
-    return [[c.monitor, c.patience, c.mode] for c in found]
-
-
-def observe_logger(cfg, workdir, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'default.db'}")
-    with tracking.job_run(cfg, "probe", pipeline.run_tags(cfg)) as tracker:
-        pass
-    if tracker.run_id is None:
-        return "no run"
-    stores = {}
-    for db in sorted(workdir.glob("*.db")):
-        client = tracking.client_for(f"sqlite:///{db}")
-        run = client.get_run(tracker.run_id) if _has_run(client, tracker.run_id) else None
-        if run is not None:
-            stores[db.name] = client.get_experiment(run.info.experiment_id).name
-    return stores
-
-
-def _has_run(client, run_id) -> bool:
-    try:
-        client.get_run(run_id)
-        return True
-    except Exception:
-        return False
-
-
-def observe_target(cfg, workdir):
-    # A ladder of model sizes: which ones the target takes.
-    sizes = [2 ** k for k in range(12, 24)]
-    return [pipeline.fits_target({"s/flash_bytes": f, "s/ram_bytes": r}, "s", cfg.target)
-            for f in sizes for r in sizes]
-
-
-def observe_analysis(cfg, workdir):
-    _, rows, metric = pipeline.sensitivity_stage(_net(cfg), _data(cfg), cfg)
-    return pipeline._layer_metrics(rows, metric)
-
-
-def observe_measure(cfg, workdir, monkeypatch):
-    from tinyexp.measure import cost
-
-    calls = []
-    real = cost.ort_session
-
-    def counting(path, threads=1):
-        session = real(path, threads)
-
-        class Counted:
-            def get_inputs(self):
-                return session.get_inputs()
-
-            def run(self, *args, **kwargs):
-                calls.append(1)
-                return session.run(*args, **kwargs)
-        return Counted()
-
-    monkeypatch.setattr(cost, "ort_session", counting)
-    artifact = workdir / "m.onnx"
-    pipeline.measure_float(_net(cfg), _data(cfg), cfg, artifact)
-    import onnx
-
-    return {"opset": [o.version for o in onnx.load(str(artifact)).opset_import],
-            "session_runs": len(calls)}
-
-
-def observe_search(cfg, workdir):
-    return {"n_trials": OmegaConf.select(cfg, "hydra.sweeper.n_trials")}
-
-
-def observe_seed(cfg, workdir):
-    return {"key": baseline_cache.baseline_key(cfg), "data": observe_dataset(cfg, workdir),
-            "net": _digest(*[p.detach() for p in _net(cfg).parameters()])}
-
-
-def observe_cache_dir(cfg, workdir):
-    # A baseline stored under the shipped cache_dir: the run finds it there, and only there.
-    stored = workdir.parent / "cache"  # the test's cache_dir
-    net = _net(cfg)
-    baseline_cache.store(stored, baseline_cache.baseline_key(cfg), net, {"epochs": 0})
-    _, info = pipeline.baseline_stage(_net(cfg), _data(cfg), cfg)
-    return info["cache"]
-
-
-OBSERVERS = {
-    "dataset": observe_dataset, "arch": observe_arch, "prune": observe_prune,
-    "quant": observe_quant, "trainer": observe_trainer, "optim": observe_optim,
-    "callbacks": observe_callbacks, "logger": observe_logger, "target": observe_target,
-    "analysis": observe_analysis, "measure": observe_measure, "search": observe_search,
-    "seed": observe_seed, "cache_dir": observe_cache_dir,
-}
 
 
 # ----------------------------------------------------------------------------- the test
