@@ -1,0 +1,353 @@
+"""The schema of every config group option: which keys it takes, of which type, in which range.
+
+One dataclass per option (``SensorsData``, ``CNNArch``, ``L1Prune``, ...); each checks its ranges in
+``__post_init__`` and raises ``ConfigError`` naming the key. ``tinyexp.config.validate`` merges a
+composed config into these. Only the standard library is imported: cheap at startup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _positive(key: str, value: int | float) -> None:
+    _require(value > 0, key, f"must be > 0, got {value}")
+
+
+def _widths(key: str, values: list[int]) -> None:
+    _require(len(values) >= 1 and all(v > 0 for v in values), key,
+             f"must be a non-empty list of positive ints, got {list(values)}")
+
+
+def _fraction(key: str, value: float, *, closed_low: bool = True) -> None:
+    low_ok = value >= 0 if closed_low else value > 0
+    interval = "[0, 1)" if closed_low else "(0, 1)"
+    _require(low_ok and value < 1, key, f"must be in {interval}, got {value}")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class _SeriesData:
+    _target_: str
+    name: str
+    task: str = "anomaly"
+    input: str = "series"
+    seed: int = 0
+    window: int = 32
+    val_fraction: float = 0.2
+    batch_size: int = 64
+    threshold_quantile: float = 0.999
+    threshold_scale: float = 4 / 3
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 4, "dataset.window", f"must be >= 4, got {self.window}")
+        _fraction("dataset.val_fraction", self.val_fraction, closed_low=False)
+        _positive("dataset.batch_size", self.batch_size)
+        _require(0 < self.threshold_quantile <= 1, "dataset.threshold_quantile",
+                 f"must be in (0, 1], got {self.threshold_quantile}")
+        _positive("dataset.threshold_scale", self.threshold_scale)
+
+
+@dataclass
+class SensorsData(_SeriesData):
+    train_steps: int = 4000
+    test_steps: int = 4000
+    stride: int = 2
+    num_anomalies: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("train_steps", "test_steps"):
+            value = getattr(self, key)
+            _require(value >= 10 * self.window, f"dataset.{key}",
+                     f"must be >= 10 x dataset.window ({10 * self.window}), got {value}")
+        _positive("dataset.stride", self.stride)
+        _require(self.num_anomalies >= 1, "dataset.num_anomalies",
+                 f"must be >= 1, got {self.num_anomalies}")
+
+
+@dataclass
+class SkabData(_SeriesData):
+    data_dir: str = "???"
+    train_rows: int = 400
+    folders: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.train_rows > self.window, "dataset.train_rows",
+                 f"must be > dataset.window ({self.window}), got {self.train_rows}")
+        allowed = ("valve1", "valve2", "other")
+        for folder in self.folders or ():
+            _require(folder in allowed, "dataset.folders",
+                     f"unknown folder {folder!r}; allowed: {', '.join(allowed)}")
+        # Checking the folder is cheap and spares a training run that would die on it later.
+        from tinyexp.data.skab_files import check_data_dir
+
+        try:
+            check_data_dir(self.data_dir, self.folders)
+        except FileNotFoundError as err:
+            message = str(err).removeprefix("dataset.data_dir: ")
+            raise ConfigError("dataset.data_dir", message) from None
+
+
+@dataclass
+class DigitsData:
+    _target_: str
+    name: str = "digits"
+    task: str = "classification"
+    input: str = "image"
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _fraction("dataset.val_fraction", self.val_fraction, closed_low=False)
+        _fraction("dataset.test_fraction", self.test_fraction, closed_low=False)
+        _require(self.val_fraction + self.test_fraction < 0.9, "dataset",
+                 "val_fraction + test_fraction must leave at least 10% for training")
+        _positive("dataset.batch_size", self.batch_size)
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+@dataclass
+class CNNArch:
+    _target_: str
+    name: str = "cnn"
+    input: str = "series"
+    channels: list[int] = field(default_factory=lambda: [32, 16])
+    kernel_size: int = 7
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _widths("arch.channels", self.channels)
+        _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "arch.kernel_size",
+                 f"must be an odd int >= 1, got {self.kernel_size}")
+        _fraction("arch.dropout", self.dropout)
+
+
+@dataclass
+class LSTMArch:
+    _target_: str
+    name: str = "lstm"
+    input: str = "series"
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("arch.hidden_size", self.hidden_size)
+        _require(self.num_layers >= 1, "arch.num_layers", f"must be >= 1, got {self.num_layers}")
+        _fraction("arch.dropout", self.dropout)
+        # Dropout sits between stacked LSTM layers, as in nn.LSTM: one layer has nowhere for it.
+        _require(self.dropout == 0 or self.num_layers >= 2, "arch.dropout",
+                 f"acts between stacked LSTM layers: with arch.num_layers=1 it must be 0, "
+                 f"got {self.dropout} (set arch.num_layers >= 2)")
+
+
+@dataclass
+class TransformerArch:
+    _target_: str
+    name: str = "transformer"
+    input: str = "series"
+    d_model: int = 32
+    num_heads: int = 4
+    num_layers: int = 2
+    ff_dim: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("arch.num_heads", self.num_heads)
+        _require(self.d_model > 0 and self.d_model % self.num_heads == 0, "arch.d_model",
+                 f"must be a positive multiple of arch.num_heads ({self.num_heads}), "
+                 f"got {self.d_model}")
+        _require(self.num_layers >= 1, "arch.num_layers", f"must be >= 1, got {self.num_layers}")
+        _positive("arch.ff_dim", self.ff_dim)
+        _fraction("arch.dropout", self.dropout)
+
+
+@dataclass
+class CustomCNNArch:
+    _target_: str
+    name: str = "custom_cnn"
+    input: str = "image"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    hidden: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _widths("arch.channels", self.channels)
+        _positive("arch.hidden", self.hidden)
+        _fraction("arch.dropout", self.dropout)
+
+
+# ----------------------------------------------------------------------------- compression
+
+
+@dataclass
+class NoPrune:
+    name: str = "none"
+
+
+@dataclass
+class L1Prune:
+    name: str = "l1"
+    ratio: float = 0.5
+    steps: int = 1
+    finetune_epochs: int = 10
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.ratio < 1, "prune.ratio", f"must be in [0, 1), got {self.ratio}")
+        _require(self.steps >= 1, "prune.steps", f"must be an int >= 1, got {self.steps}")
+        _require(self.finetune_epochs >= 0, "prune.finetune_epochs",
+                 f"must be an int >= 0, got {self.finetune_epochs}")
+        _require(self.round_to is None or self.round_to >= 1, "prune.round_to",
+                 f"must be null or an int >= 1, got {self.round_to}")
+
+
+@dataclass
+class NoQuant:
+    name: str = "none"
+
+
+@dataclass
+class DynamicQuant:
+    name: str = "dynamic"
+    per_channel: bool = False
+
+
+@dataclass
+class StaticQuant:
+    name: str = "int8"
+    calibration_samples: int = 256
+    per_channel: bool = True
+    calibrate_method: str = "minmax"
+    format: str = "qdq"
+
+    def __post_init__(self) -> None:
+        formats = ("qoperator", "qdq") if self.name == "int8" else ("qdq",)
+        _require(self.format in formats, "quant.format",
+                 f"must be {' or '.join(formats)} for quant={self.name}, got {self.format!r}")
+        _require(self.calibration_samples >= 1, "quant.calibration_samples",
+                 f"must be an int >= 1, got {self.calibration_samples}")
+        methods = ("minmax", "entropy", "percentile")
+        _require(self.calibrate_method in methods, "quant.calibrate_method",
+                 f"must be one of {', '.join(methods)}, got {self.calibrate_method!r}")
+
+
+@dataclass
+class FP16Quant:
+    name: str = "fp16"
+
+
+@dataclass
+class QATQuant:
+    name: str = "qat"
+    weight_bits: int = 8
+    act_bits: int = 8
+    epochs: int = 10
+
+    def __post_init__(self) -> None:
+        for key in ("weight_bits", "act_bits"):
+            value = getattr(self, key)
+            _require(2 <= value <= 8, f"quant.{key}", f"must be an int in [2, 8], got {value}")
+        _require(self.epochs >= 1, "quant.epochs", f"must be an int >= 1, got {self.epochs}")
+
+
+@dataclass
+class NoAnalysis:
+    name: str = "none"
+
+
+@dataclass
+class LayerAnalysis:
+    name: str = "layers"
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
+    finetune_epochs: int = 0
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(len(self.ratios) >= 1 and all(0 < r < 1 for r in self.ratios),
+                 "analysis.ratios", f"must be a non-empty list of numbers in (0, 1), "
+                 f"got {list(self.ratios)}")
+        _require(self.finetune_epochs >= 0, "analysis.finetune_epochs",
+                 f"must be an int >= 0, got {self.finetune_epochs}")
+
+
+# ----------------------------------------------------------------------------- the rest
+
+
+@dataclass
+class MLflowLogger:
+    name: str = "mlflow"
+    tracking_uri: str | None = None
+    experiment_name: str = "tinyexp"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment_name.strip()), "logger.experiment_name", "must not be empty")
+
+
+@dataclass
+class NoLogger:
+    name: str = "none"
+
+
+@dataclass
+class Target:
+    name: str
+    board: str = "generic"
+    flash_bytes: int = 1048576
+    ram_bytes: int = 262144
+    clock_mhz: float = 64.0
+
+    def __post_init__(self) -> None:
+        _positive("target.flash_bytes", self.flash_bytes)
+        _positive("target.ram_bytes", self.ram_bytes)
+        _positive("target.clock_mhz", self.clock_mhz)
+
+
+@dataclass
+class Measure:
+    opset: int = 17
+    latency_warmup: int = 20
+    latency_runs: int = 200
+
+    def __post_init__(self) -> None:
+        _require(13 <= self.opset <= 21, "measure.opset", f"must be in [13, 21], got {self.opset}")
+        _require(self.latency_warmup >= 0, "measure.latency_warmup",
+                 f"must be >= 0, got {self.latency_warmup}")
+        _require(self.latency_runs >= 5, "measure.latency_runs",
+                 f"must be >= 5, got {self.latency_runs}")
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData},
+    "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,
+             "custom_cnn": CustomCNNArch},
+    "prune": {"none": NoPrune, "l1": L1Prune},
+    "quant": {"none": NoQuant, "dynamic": DynamicQuant, "int8": StaticQuant,
+              "int16x8": StaticQuant, "fp16": FP16Quant, "qat": QATQuant},
+    "logger": {"mlflow": MLflowLogger, "none": NoLogger},
+    "analysis": {"none": NoAnalysis, "layers": LayerAnalysis},
+}
+# Groups whose options all share one schema (users add their own options as YAML files).
+SHARED_SCHEMAS: dict[str, type] = {"target": Target}
+
