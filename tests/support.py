@@ -35,3 +35,19 @@ def run_report(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m tinyexp.report ARGS`` in ``cwd`` against the store ``run_cli`` writes."""
     return run_cli(args, cwd, env, timeout, module="tinyexp.report")
+
+
+def compose(overrides: list[str] | None = None, *, hydra: bool = False):
+    """The job config the app composes from ``conf/`` with ``overrides`` (Hydra's own node too
+    with ``hydra=True``); Hydra's global state is cleared before and after."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides or []),
+                                 return_hydra_config=hydra)
+    finally:
+        GlobalHydra.instance().clear()

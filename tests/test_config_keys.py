@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from key_observers import OBSERVERS
 from omegaconf import DictConfig, OmegaConf
-from support import CONF, SKAB_DIR, TINY
+from support import CONF, SKAB_DIR, TINY, compose
 
 from tinyexp.config import describe, validate
 
@@ -98,12 +96,7 @@ BASE = TINY
 
 
 def _compose(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose(overrides, hydra=True)
 
 
 def _leaves(node, prefix: str):

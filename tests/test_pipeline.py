@@ -8,7 +8,7 @@ import math
 import onnx
 import pytest
 from omegaconf import OmegaConf
-from support import TINY
+from support import TINY, compose
 
 from tinyexp.pipeline import fits_target, run, write_json
 
@@ -27,10 +27,6 @@ def _conv_widths(path) -> dict[str, int]:
 def jobs(tmp_path_factory, single_thread):
     """Runs pruning at 0.3: the defaults; steps=2 and round_to=4 on a tiny target; int8 after
     a per-layer analysis."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from support import CONF
-
     out = {}
     cache = tmp_path_factory.mktemp("cache")
     for name, extra in {
@@ -40,12 +36,8 @@ def jobs(tmp_path_factory, single_thread):
         "int8_layers": ["quant=int8", "analysis=layers", "analysis.ratios=[0.5]"],
     }.items():
         folder = tmp_path_factory.mktemp(name)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[*TINY, "prune.ratio=0.3", "logger=none",
-                                               f"cache_dir={cache}", f"+output_dir={folder}",
-                                               *extra])
-        GlobalHydra.instance().clear()
+        cfg = compose([*TINY, "prune.ratio=0.3", "logger=none", f"cache_dir={cache}",
+                       f"+output_dir={folder}", *extra])
         out[name] = (run(cfg), folder)
     return out
 
