@@ -1,0 +1,199 @@
+"""Report inputs: selecting and reading experiment runs, and the raw table rows.
+
+Part of :mod:`tinyexp.report` (which re-exports these names). Only the standard library is
+imported at module level: OmegaConf and MLflow load on use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyexp.config import ALL_TASK_METRICS
+
+# A run's last stage holds the deployable artifact: it is the one the table reports.
+STAGES = ("baseline", "pruned", "quantized")
+LOWER_IS_BETTER = frozenset({"mse", "far", "mar"})
+# Cost columns: (metric key, table header). The change is relative to the float baseline.
+COSTS = (("params", "params"), ("macs", "MACs"), ("latency_ms", "latency ms"),
+         ("size_bytes", "size B"), ("flash_bytes", "flash B"), ("ram_bytes", "RAM B"))
+_QUANT_ORDER = ("none", "dynamic", "fp16", "int16x8", "int8", "qat")
+
+
+class ReportError(ValueError):
+    """Bad selection or option: reported as one line, before anything is written."""
+
+
+@dataclass
+class Record:
+    """One finished experiment run: what it was and its flat ``stage/metric`` values."""
+
+    name: str
+    dataset: str
+    arch: str
+    prune: str
+    ratio: float
+    quant: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def stage(self) -> str:
+        """The last stage the run measured (its deployable artifact)."""
+        return [s for s in STAGES if f"{s}/params" in self.metrics][-1]
+
+    def final(self, name: str) -> float | None:
+        return self.metrics.get(f"{self.stage}/{name}")
+
+    def base(self, name: str) -> float | None:
+        return self.metrics.get(f"baseline/{name}")
+
+
+# ----------------------------------------------------------------------------- selecting runs
+
+
+def _ratio(prune: str, value: Any) -> float:
+    return 0.0 if prune == "none" or value in (None, "None") else float(value)
+
+
+def _quant(name: str, weight_bits: Any, act_bits: Any) -> str:
+    """``qat-w4a8`` for QAT (bit widths differ between runs), the mode's name otherwise."""
+    return f"qat-w{weight_bits}a{act_bits}" if name == "qat" else name
+
+
+def records_from_mlflow(runs: list[dict[str, Any]]) -> list[Record]:
+    """Records of the experiment runs among MLflow runs (sweep parents and reports skipped)."""
+    records = []
+    for run in runs:
+        tags, metrics = run["tags"], run["metrics"]
+        if "tinyexp.arch" not in tags or "baseline/params" not in metrics:
+            continue
+        prune = tags.get("tinyexp.prune", "none")
+        records.append(Record(
+            name=run["name"], dataset=tags.get("tinyexp.dataset", "?"), arch=tags["tinyexp.arch"],
+            prune=prune, ratio=_ratio(prune, run["params"].get("prune.ratio")),
+            quant=_quant(tags.get("tinyexp.quant", "none"), run["params"].get("quant.weight_bits"),
+                         run["params"].get("quant.act_bits")),
+            metrics=metrics, run_id=run["run_id"]))
+    return records
+
+
+def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
+    """Records read from a multirun folder's job folders (``metrics.json`` + ``config.yaml``).
+
+    Returns the records and the job folders that hold no metrics (failed or unfinished jobs).
+    """
+    from omegaconf import OmegaConf
+
+    from tinyexp.config import describe
+
+    records, missing = [], []
+    # Hydra gives every job folder a .hydra/; our config.yaml appears once the job finishes.
+    jobs = [p for p in Path(sweep_dir).iterdir()
+            if p.is_dir() and ((p / ".hydra").is_dir() or (p / "config.yaml").is_file())]
+    for job in sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
+                                           else 0, p.name)):
+        if not (job / "metrics.json").is_file() or not (job / "config.yaml").is_file():
+            missing.append(job.name)
+            continue
+        cfg = OmegaConf.load(job / "config.yaml")
+        metrics = {k: (math.nan if v is None else float(v))
+                   for k, v in json.loads((job / "metrics.json").read_text()).items()}
+        records.append(Record(
+            name=describe(cfg), dataset=cfg.dataset.name, arch=cfg.arch.name,
+            prune=cfg.prune.name, ratio=_ratio(cfg.prune.name, cfg.prune.get("ratio")),
+            quant=_quant(cfg.quant.name, cfg.quant.get("weight_bits"), cfg.quant.get("act_bits")),
+            metrics=metrics))
+    return records, missing
+
+
+def sweep_parent(tracking_uri: str | None, experiment: str,
+                 sweep: str) -> tuple[str, str, Path | None]:
+    """The MLflow parent run id of a multirun (its jobs hang under it), a label for it, and
+    its folder when that is on this machine.
+
+    ``sweep`` is a multirun folder (it holds the id of its MLflow parent run) or ``latest``.
+    """
+    from tinyexp import tracking
+
+    if sweep == "latest":
+        parents = tracking.find_runs(tracking_uri, experiment, "tags.`tinyexp.role` = 'sweep'")
+        if not parents:
+            raise ReportError(f"--sweep: no multirun in MLflow experiment {experiment!r}")
+        parent = parents[-1]
+        folder = Path(parent["tags"].get("tinyexp.sweep_dir", ""))
+        return parent["run_id"], parent["name"], folder if folder.name and folder.is_dir() \
+            else None
+    folder = Path(sweep)
+    id_file = folder / ".mlflow_parent_run_id"
+    if not id_file.is_file():
+        raise ReportError(f"--sweep: {folder} is not a multirun folder logged to MLflow "
+                          "(no .mlflow_parent_run_id in it); pass a folder under multirun/, "
+                          "or 'latest'")
+    return id_file.read_text().strip(), f"{folder.parent.name}/{folder.name}", folder
+
+
+def tag_filter(tags: Sequence[str]) -> str:
+    """``["tinyexp.arch=cnn"]`` -> an MLflow filter string (clauses joined by AND)."""
+    clauses = []
+    for item in tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReportError(f"--tag: expected KEY=VALUE, got {item!r}")
+        clauses.append(f"tags.`{key}` = '{value}'")
+    return " and ".join(clauses)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def task_metrics(records: list[Record], requested: Sequence[str] | None = None) -> list[str]:
+    """The task metrics to report: ``requested``, else f1 and mse (anomaly) or accuracy."""
+    have = {name for r in records for name in ALL_TASK_METRICS if r.final(name) is not None}
+    if requested:
+        for name in requested:
+            if name not in have:
+                raise ReportError(f"--metric: {name!r} is not measured by the selected runs; "
+                                  f"allowed: {', '.join(m for m in ALL_TASK_METRICS if m in have)}")
+        return list(requested)
+    return [m for m in ("f1", "mse", "accuracy") if m in have] or sorted(have)[:1]
+
+
+def _change_pct(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0 or not math.isfinite(value + base):
+        return None
+    return 100.0 * (value - base) / abs(base)
+
+
+def _quant_rank(quant: str) -> tuple[int, str]:
+    mode = quant.split("-", 1)[0]  # qat-w4a8 ranks with qat
+    return (_QUANT_ORDER.index(mode) if mode in _QUANT_ORDER else len(_QUANT_ORDER), quant)
+
+
+def _sort_key(record: Record) -> tuple:
+    return record.dataset, record.arch, record.ratio, _quant_rank(record.quant), record.name
+
+
+def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row of raw numbers per run: the CSV, and what the other formats print."""
+    rows = []
+    for r in sorted(records, key=_sort_key):
+        row: dict[str, Any] = {"run": r.name, "dataset": r.dataset, "arch": r.arch,
+                               "prune": r.prune, "ratio": r.ratio, "quant": r.quant,
+                               "stage": r.stage}
+        for name in metrics:
+            value, base = r.final(name), r.base(name)
+            row[f"baseline_{name}"] = base
+            row[name] = value
+            row[f"{name}_delta"] = None if value is None or base is None else value - base
+        for key, _ in COSTS:
+            row[f"baseline_{key}"] = r.base(key)
+            row[key] = r.final(key)
+            row[f"{key}_change_pct"] = _change_pct(r.final(key), r.base(key))
+        row["run_id"] = r.run_id
+        rows.append(row)
+    return rows
