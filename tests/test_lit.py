@@ -60,11 +60,12 @@ def test_autoencoder_reconstructs_better_than_the_mean_window(compose_cfg):
     info = train(net, datamodule, cfg)
     after = _val_loss(net, datamodule, "anomaly")
     assert after == pytest.approx(info["best_val_loss"], rel=1e-4)
-    assert after < 0.7 * before  # seen: 0.44 -> 0.22
+    assert after < 0.7 * before  # seeds 0-4: 0.51-0.66 of the untrained loss
     # The trivial reconstruction: every window predicted as the training data's mean window.
     mean = datamodule.train_windows.mean(dim=0, keepdim=True)
     trivial = float(F.mse_loss(mean.expand_as(datamodule.val_windows), datamodule.val_windows))
-    assert after < 0.5 * trivial, (after, trivial)  # seen: 0.22 vs 0.59
+    # seeds 0-4: 0.38-0.53 of the trivial error; an untrained net: 0.75-0.83
+    assert after < 0.65 * trivial, (after, trivial)
 
 
 # ----------------------------------------------------------------------------- RestoreBest
