@@ -344,6 +344,47 @@ def shows_value(shown: str, value: float | None) -> bool:
     return abs(number - value) <= tolerance * (1 + 1e-9)
 
 
+def search_metric_charts(driver: WebDriver, text: str) -> None:
+    """Type ``text`` into a run page's "Search metric charts" box (Model metrics tab), which
+    leaves only the charts whose metric key contains it."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait_for(driver, lambda d: _visible(
+        d, "css selector", "input[placeholder='Search metric charts']"),
+        'the "Search metric charts" box')[0]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(text)
+
+
+METRIC_CHARTS_JS = """
+return Array.from(document.querySelectorAll("[data-testid='experiment-view-compare-runs-card']"))
+  .filter(card => card.getBoundingClientRect().width > 0)
+  .filter(card => card.innerText.includes('(' + arguments[0] + ')'))
+  .map(card => {
+    const plot = card.querySelector('.js-plotly-plot');
+    const traces = (plot && plot.data) || [];
+    return {
+      markers: card.querySelectorAll('.scatterlayer .trace .points path.point').length,
+      steps: traces.map(trace => Array.from(trace.x || [])),
+      values: traces.map(trace => Array.from(trace.y || [])),
+    };
+  });
+"""
+
+
+def metric_chart(driver: WebDriver, key: str) -> dict[str, Any] | None:
+    """The visible line chart of metric ``key`` on a run page's Model metrics tab, if shown.
+
+    MLflow 3 titles a chart with the key's last part and names the key in full in its legend
+    (``<run name> (<key>)``), which is what identifies it here. Returns ``markers``, the point
+    markers drawn in the chart's SVG, and per plotted trace its ``steps`` (x) and ``values``
+    (y) as the page holds them.
+    """
+    found = driver.execute_script(METRIC_CHARTS_JS, key)
+    return found[0] if found else None
+
+
 IMAGE_SHA256_JS = """
 const done = arguments[arguments.length - 1];
 Promise.all(arguments[0].map(src => fetch(src)

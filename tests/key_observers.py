@@ -16,8 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tinyexp import cache as baseline_cache
-from tinyexp import pipeline, tracking
+from tinyexp import job, pipeline, tracking
+from tinyexp.config import validate
 from tinyexp.lit import build_trainer
+from tinyexp.measure.network import Measurer
 
 
 def _digest(*arrays) -> str:
@@ -43,6 +45,20 @@ def _net(cfg: DictConfig):
     return pipeline.build_net(cfg, _data(cfg))
 
 
+def _ctx(cfg: DictConfig, workdir):
+    """The context the pipeline hands its stages (no tracking)."""
+    return pipeline.build_context(cfg, _data(cfg), workdir, tracking.NullTracker())
+
+
+def _measurer(cfg: DictConfig) -> Measurer:
+    return Measurer(_data(cfg), cfg.dataset, cfg.measure)
+
+
+def _apply(group: str, cfg: DictConfig, workdir):
+    """The stage spec of ``group`` applied to a fresh network: ``(network, metrics)``."""
+    return validate(cfg)[group].apply(_net(cfg), _ctx(cfg, workdir))
+
+
 def observe_dataset(cfg, workdir):
     dm = _data(cfg)
     batches = [_digest(b[0] if isinstance(b, list | tuple) else b)
@@ -53,8 +69,8 @@ def observe_dataset(cfg, workdir):
         out["segments"] = [_digest(s.train, s.test, s.labels) for s in dm.segments]
         # A fixed detector, each window reconstructed as its own mean over time: a flat or
         # drifting window scores apart from a lively one, so the threshold rule has work to do.
-        out["metrics"] = pipeline.evaluate(
-            lambda x: np.broadcast_to(x.mean(axis=1, keepdims=True), x.shape), dm, cfg)
+        out["metrics"] = _measurer(cfg).task_metrics(
+            lambda x: np.broadcast_to(x.mean(axis=1, keepdims=True), x.shape))
     else:
         out["test"] = _digest(*dm.test_arrays())
     return out
@@ -70,16 +86,18 @@ def observe_arch(cfg, workdir):
 
 
 def observe_prune(cfg, workdir):
-    pruned, report = pipeline.prune_stage(_net(cfg), _data(cfg), cfg, [])
+    pruned, report = _apply("prune", cfg, workdir)
     from tinyexp.compress.prune import layer_widths
 
+    report = {k: report[k] for k in ("ratio_asked", "steps", "groups_pruned", "finetune_epochs")}
     return {"widths": layer_widths(pruned), "report": report,
             "weights": _digest(*[p.detach() for p in pruned.parameters()])}
 
 
 def observe_quant(cfg, workdir):
-    artifact = workdir / "q.onnx"
-    _, report = pipeline.quantize_stage(_net(cfg), _data(cfg), cfg, artifact, [])
+    _, report = _apply("quant", cfg, workdir)
+    artifact = workdir / "quantized.onnx"
+    report = {k: report[k] for k in ("float_compute_ops", "epochs") if k in report}
     return {"file": hashlib.sha256(artifact.read_bytes()).hexdigest(), "report": report}
 
 
@@ -112,7 +130,7 @@ def observe_callbacks(cfg, workdir):
 
 def observe_logger(cfg, workdir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'default.db'}")
-    with tracking.job_run(cfg, "probe", pipeline.run_tags(cfg)) as tracker:
+    with tracking.job_run(cfg, "probe", job.run_tags(cfg)) as tracker:
         pass
     if tracker.run_id is None:
         return "no run"
@@ -136,13 +154,13 @@ def _has_run(client, run_id) -> bool:
 def observe_target(cfg, workdir):
     # A ladder of model sizes: which ones the target takes.
     sizes = [2 ** k for k in range(12, 24)]
-    return [pipeline.fits_target({"s/flash_bytes": f, "s/ram_bytes": r}, "s", cfg.target)
+    return [job.fits_target({"s/flash_bytes": f, "s/ram_bytes": r}, "s", cfg.target)
             for f in sizes for r in sizes]
 
 
 def observe_analysis(cfg, workdir):
-    _, rows, metric = pipeline.sensitivity_stage(_net(cfg), _data(cfg), cfg)
-    return pipeline._layer_metrics(rows, metric)
+    _, metrics = _apply("analysis", cfg, workdir)
+    return metrics
 
 
 def observe_measure(cfg, workdir, monkeypatch):
@@ -165,7 +183,7 @@ def observe_measure(cfg, workdir, monkeypatch):
 
     monkeypatch.setattr(cost, "ort_session", counting)
     artifact = workdir / "m.onnx"
-    pipeline.measure_float(_net(cfg), _data(cfg), cfg, artifact)
+    _measurer(cfg).float_network(_net(cfg), artifact)
     import onnx
 
     return {"opset": [o.version for o in onnx.load(str(artifact)).opset_import],
@@ -186,8 +204,9 @@ def observe_cache_dir(cfg, workdir):
     stored = workdir.parent / "cache"  # the test's cache_dir
     net = _net(cfg)
     baseline_cache.store(stored, baseline_cache.baseline_key(cfg), net, {"epochs": 0})
-    _, info = pipeline.baseline_stage(_net(cfg), _data(cfg), cfg)
-    return info["cache"]
+    ctx = _ctx(cfg, workdir)
+    pipeline.baseline(_net(cfg), ctx, cfg, tracking.NullTracker())
+    return ctx.tags["tinyexp.baseline_cache"]
 
 
 OBSERVERS = {

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from tinyexp import cache
-from tinyexp.pipeline import baseline_stage, build_datamodule, build_net
+from tinyexp import cache, tracking
+from tinyexp.pipeline import baseline, build_context, build_datamodule, build_net
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # The data pinned to one seed: only the training seed differs between the runs below.
-SMALL = ["trainer=smoke", "dataset.seed=0", "dataset.train_steps=640", "dataset.test_steps=640"]
+SMALL = ["trainer=smoke", "dataset.seed=0", "dataset.train_steps=640", "dataset.test_steps=640",
+         "measure.latency_warmup=1", "measure.latency_runs=5"]
+
+
+class _Curves(tracking.NullTracker):
+    """A tracker that keeps the curves it is given: live epochs, and whole replayed curves."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, dict[str, list[float]]] = {}
+        self.replayed: dict[str, dict[str, list[float]]] = {}
+
+    def curve_logger(self, stage):
+        def log_epoch(epoch, values):
+            curve = self.live.setdefault(stage, {name: [] for name in values})
+            assert all(len(v) == epoch - 1 for v in curve.values())  # epochs 1, 2, ... in order
+            for name, value in values.items():
+                curve[name].append(value)
+
+        return log_epoch
+
+    def log_curve(self, stage, curve):
+        self.replayed[stage] = curve
 
 
 def _baseline(compose_cfg, tmp_path, *overrides):
+    """The pipeline's baseline stage: its weights, whether the cache hit, its key, its epochs
+    and the curves it logged."""
     cfg = compose_cfg([*SMALL, f"cache_dir={tmp_path}", *overrides])
     datamodule = build_datamodule(cfg)
-    net, info = baseline_stage(build_net(cfg, datamodule), datamodule, cfg)
+    tracker = _Curves()
+    ctx = build_context(cfg, datamodule, tmp_path / "job", tracker)
+    net, report = baseline(build_net(cfg, datamodule), ctx, cfg, tracker)
+    info = {"cache": ctx.tags["tinyexp.baseline_cache"], "key": ctx.tags["tinyexp.baseline_key"],
+            "epochs": report["epochs"], "live": tracker.live, "replayed": tracker.replayed}
     return {k: v.clone() for k, v in net.state_dict().items()}, info
 
 
@@ -30,6 +59,12 @@ def test_each_seed_trains_its_own_baseline_and_the_same_seed_hits(compose_cfg, t
     assert any(not torch.equal(first[k], other[k]) for k in first), "seeds gave one baseline"
     assert all(torch.equal(first[k], again[k]) for k in first), "the hit is not the stored net"
     assert len(list((tmp_path / "baselines").iterdir())) == 2
+    # Training logs its curve epoch by epoch; the hit replays the stored one, which it did not
+    # train, whole.
+    curve = info0["live"]["baseline"]
+    assert len(curve["val_loss"]) == len(curve["train_loss"]) == info0["epochs"] > 0
+    assert info0["replayed"] == {} and info0b["live"] == {}
+    assert info0b["replayed"] == {"baseline": curve} and info0b["epochs"] == info0["epochs"]
 
 
 @pytest.mark.parametrize(("override", "same"), [
@@ -59,3 +94,16 @@ def test_an_entry_without_its_training_info_is_a_miss(compose_cfg, tmp_path):
     datamodule = build_datamodule(cfg)
     assert cache.load(tmp_path, info["key"], build_net(cfg, datamodule)) is None
     assert [p.name for p in entry.iterdir()] == ["weights.pt"]  # no temp file left behind
+
+
+def test_the_training_info_round_trips_curve_and_non_finite_values_included(tmp_path):
+    info = {"epochs": 3, "best_val_loss": math.inf, "train_seconds": 1.25,
+            "curve": {"train_loss": [0.9, 0.1 + 0.2, math.nan], "val_loss": [1.5, 1e-30, 2.0]}}
+    net = torch.nn.Linear(2, 1)
+    cache.store(tmp_path, "k", net, info)
+    loaded = cache.load(tmp_path, "k", torch.nn.Linear(2, 1))
+    assert math.isnan(loaded["curve"]["train_loss"].pop())
+    info["curve"]["train_loss"].pop()
+    assert loaded == info  # floats bit for bit, list order kept
+    assert sorted(p.name for p in (tmp_path / "baselines" / "k").iterdir()) == [
+        "train.json", "weights.pt"]

@@ -30,10 +30,10 @@ def test_every_config_file_composes_and_validates(compose_cfg, path):
     validate(cfg)
 
 
-def test_defaults_are_sensors_cnn_l1_none(compose_cfg):
+def test_defaults_are_sensors_cnn_l1_and_no_quantization(compose_cfg):
     cfg = compose_cfg()
-    assert (cfg.dataset.name, cfg.arch.name, cfg.prune.name, cfg.quant.name) == (
-        "sensors", "cnn", "l1", "none")
+    assert (cfg.dataset.name, cfg.arch.name, cfg.prune.name) == ("sensors", "cnn", "l1")
+    assert cfg.get("quant") is None and cfg.get("analysis") is None  # null groups
 
 
 BAD = [

@@ -126,6 +126,8 @@ def _cases() -> list[tuple[str, str]]:
             if group != "search":
                 extra = [o for o in _context(f"{group}={option}") if "<" not in o]
                 node = _compose([f"{group}={option}", *extra])[group]
+                if node is None:  # a null stage group (prune=none): no keys
+                    continue
             for key in _leaves(node, group):
                 label = (group, node.get("name") if group != "search" else option, key)
                 if label not in seen:

@@ -3,6 +3,8 @@ the weights that come back are the best validation epoch's."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -48,6 +50,9 @@ def test_classifier_learns_well_beyond_the_majority_class(compose_cfg):
     majority = np.bincount(y).max() / len(y)  # the best a model that learned nothing can do
     assert majority < 0.15
     assert accuracy > 0.8, accuracy
+    curve = info["curve"]
+    assert len(curve["train_loss"]) == len(curve["val_loss"]) == info["epochs"] == 3
+    assert curve["val_loss"][-1] < curve["val_loss"][0] and min(curve["val_loss"]) < before
 
 
 def test_autoencoder_reconstructs_better_than_the_mean_window(compose_cfg):
@@ -143,3 +148,71 @@ def test_trainer_gets_the_configured_callbacks_then_the_extra_ones(compose_cfg):
     assert trainer.max_epochs == 3
     none = OmegaConf.merge(cfg, {"callbacks": None})
     assert "EarlyStopping" not in [type(c).__name__ for c in build_trainer(none).callbacks]
+
+
+# ----------------------------------------------------------------------------- loss curves
+
+# Early stopping that always fires after the second epoch: the first one improves on infinity,
+# and no later one can improve by 1e9.
+STOPS_AFTER_TWO = ["trainer=smoke", "trainer.max_epochs=5", "dataset.train_steps=640",
+                   "dataset.test_steps=640", "callbacks.early_stopping.patience=1",
+                   "+callbacks.early_stopping.min_delta=1e9"]
+
+
+class _StepLosses(pl.Callback):
+    """The training loss of every step and its batch size, epoch by epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[tuple[float, int]]] = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.epochs.append([])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.epochs[-1].append((float(outputs["loss"]), len(batch)))
+
+
+def test_the_curve_has_each_epochs_mean_losses_and_on_epoch_sees_them_as_they_end(compose_cfg):
+    cfg = compose_cfg(STOPS_AFTER_TWO)
+    datamodule = build_datamodule(cfg)
+    net = build_net(cfg, datamodule)
+    calls, steps, history = [], _StepLosses(), _History()
+    info = train(net, datamodule, cfg, extra_callbacks=[steps, history],
+                 on_epoch=lambda epoch, values: calls.append((epoch, values)))
+    curve = info["curve"]
+    # Epochs count from 1 and end at the count train() reports (early stopping cut it short).
+    assert info["epochs"] == 2 < cfg.trainer.max_epochs
+    assert [epoch for epoch, _ in calls] == [1, 2]
+    assert [values for _, values in calls] == [
+        {"train_loss": t, "val_loss": v} for t, v in zip(*curve.values(), strict=True)]
+    assert list(curve) == ["train_loss", "val_loss"]
+    assert all(len(values) == info["epochs"] for values in curve.values())
+    # The training loss is the epoch's mean over its batches, not the last step's value.
+    means = [sum(loss * n for loss, n in epoch) / sum(n for _, n in epoch)
+             for epoch in steps.epochs]
+    assert curve["train_loss"] == pytest.approx(means, rel=1e-6)
+    assert curve["train_loss"][-1] != pytest.approx(steps.epochs[-1][-1][0], rel=1e-3)
+    # The validation loss is the one early stopping and the best-weights choice look at.
+    assert curve["val_loss"] == history.losses
+    assert min(curve["val_loss"]) == info["best_val_loss"]
+
+
+def test_on_epoch_changes_nothing_in_the_training_even_when_it_draws_random_numbers(
+        compose_cfg):
+    def greedy(epoch, values):  # an MLflow request retrying with random jitter, say
+        random.random(), np.random.rand(3), torch.rand(3)
+
+    results = []
+    for on_epoch in (None, greedy):
+        cfg = compose_cfg(["trainer=smoke", "trainer.max_epochs=3", "arch.dropout=0.3",
+                           "dataset.train_steps=640", "dataset.test_steps=640"])
+        datamodule = build_datamodule(cfg)
+        net = build_net(cfg, datamodule)
+        info = train(net, datamodule, cfg, on_epoch=on_epoch)
+        info.pop("train_seconds")
+        results.append((net.state_dict(), info, torch.get_rng_state(), np.random.rand(),
+                        random.random()))
+    (weights, info, torch_rng, np_draw, py_draw), again = results
+    assert all(torch.equal(weights[k], again[0][k]) for k in weights)
+    assert info == again[1] and info["epochs"] == 3
+    assert torch.equal(torch_rng, again[2]) and (np_draw, py_draw) == again[3:]

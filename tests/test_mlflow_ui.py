@@ -1,4 +1,5 @@
-"""The MLflow UI in a real browser: a multirun's runs with their metrics, and a report plot.
+"""The MLflow UI in a real browser: a multirun's runs with their metrics, a job's training
+curve, and a report plot.
 
 Slow tier (``make test-browser``, or ``pytest -m slow tests/test_mlflow_ui.py``): a small
 multirun and its report are logged to a private sqlite store, ``mlflow server`` serves it on
@@ -21,12 +22,14 @@ from browser import (
     image_sha256,
     keep_page_on_failure,
     metric_cell,
+    metric_chart,
     metric_headers,
     mlflow_server,
     require_browser,
     run_link,
     run_row,
     screenshot,
+    search_metric_charts,
     set_columns,
     shown_images,
     shows_value,
@@ -44,7 +47,10 @@ CHILDREN = ["sensors-cnn-none-none", "sensors-cnn-l1@0.5-none", "sensors-lstm-no
 METRICS = ["baseline/f1", "pruned/f1", "pruned/roc_auc", "baseline/params", "pruned/params",
            "pruned/size_bytes"]
 PLOT = "report/metric_vs_size.png"
-SHOTS = ("mlflow_runs", "mlflow_report_artifact")
+# The baseline's validation loss per epoch: logged live by a job that trains it, replayed from
+# the cache by one that does not.
+CURVE = "curves/baseline/val_loss"
+SHOTS = ("mlflow_runs", "mlflow_run_curve", "mlflow_run_curve_cached", "mlflow_report_artifact")
 
 
 def _multirun_and_report(tmp_path: Path) -> dict[str, Any]:
@@ -113,6 +119,47 @@ def _check_runs_table(driver: Any, url: str, logged: dict[str, Any]) -> None:
     screenshot(driver, "mlflow_runs.png")
 
 
+def _baseline_curves(logged: dict[str, Any]) -> dict[str, str]:
+    """Every job's run holds the baseline's curves with steps 1..``baseline/epochs``; return
+    the name of a job that trained its baseline (``miss``) and of one that reused it (``hit``).
+    """
+    by_cache: dict[str, str] = {}
+    for name, run in logged["children"].items():
+        epochs = int(run.data.metrics["baseline/epochs"])
+        assert epochs >= 1, (name, epochs)
+        for key in (CURVE, CURVE.replace("val_loss", "train_loss")):
+            history = logged["client"].get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (name, key)
+        by_cache.setdefault(run.data.tags["tinyexp.baseline_cache"], name)
+    assert sorted(by_cache) == ["hit", "miss"], by_cache  # each arch: trained once, reused once
+    return by_cache
+
+
+def _check_curve_chart(driver: Any, url: str, logged: dict[str, Any], name: str,
+                       shot: str) -> None:
+    """The job's Model metrics tab charts ``CURVE`` with one point per epoch it trained."""
+    run = logged["children"][name]
+    epochs = int(run.data.metrics["baseline/epochs"])
+    history = sorted(logged["client"].get_metric_history(run.info.run_id, CURVE),
+                     key=lambda m: m.step)
+    driver.get(f"{url}/#/experiments/{logged['experiment_id']}/runs/{run.info.run_id}"
+               "/model-metrics")
+    search_metric_charts(driver, CURVE)
+
+    def drawn(d: Any) -> dict[str, Any] | None:
+        chart = metric_chart(d, CURVE)
+        return chart if chart and chart["markers"] else None
+
+    chart = wait_for(driver, drawn, f"the chart of {CURVE} of run {name}")
+    close_assistant(driver)
+    assert chart["markers"] == epochs, (name, chart, epochs)  # one point drawn per epoch
+    assert chart["steps"], chart
+    for steps, values in zip(chart["steps"], chart["values"], strict=True):
+        assert steps == list(range(1, epochs + 1)), (name, chart)
+        assert values == pytest.approx([m.value for m in history], rel=1e-6), (name, chart)
+    screenshot(driver, f"{shot}.png")
+
+
 def _check_report_plot(driver: Any, url: str, logged: dict[str, Any], tmp_path: Path) -> None:
     """The report run's artifact view shows ``report/metric_vs_size.png``, byte for byte."""
     report_id = logged["report_id"]
@@ -133,7 +180,8 @@ def _check_report_plot(driver: Any, url: str, logged: dict[str, Any], tmp_path: 
 
 
 @pytest.mark.slow
-def test_mlflow_ui_lists_multirun_metrics_and_shows_report_plot(tmp_path: Path) -> None:
+def test_mlflow_ui_lists_multirun_metrics_charts_curves_and_shows_report_plot(
+        tmp_path: Path) -> None:
     require_browser()
     for stale in artifacts_dir().glob("mlflow_*"):
         if stale.name.split(".")[0] in SHOTS:
@@ -143,5 +191,9 @@ def test_mlflow_ui_lists_multirun_metrics_and_shows_report_plot(tmp_path: Path) 
                        cwd=tmp_path) as url, chrome() as driver:
         with keep_page_on_failure(driver, "mlflow_runs"):
             _check_runs_table(driver, url, logged)
+        trained = _baseline_curves(logged)
+        for cache, shot in (("miss", "mlflow_run_curve"), ("hit", "mlflow_run_curve_cached")):
+            with keep_page_on_failure(driver, shot):
+                _check_curve_chart(driver, url, logged, trained[cache], shot)
         with keep_page_on_failure(driver, "mlflow_report_artifact"):
             _check_report_plot(driver, url, logged, tmp_path)

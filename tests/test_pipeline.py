@@ -1,16 +1,17 @@
-"""The orchestrator: prune settings reach the pruned model, the target verdict is right."""
+"""The orchestrator: prune settings reach the pruned model, every stage is measured and compared
+with the baseline, training curves reach MLflow, the target verdict is right."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import onnx
 import pytest
 from omegaconf import OmegaConf
 from support import TINY, compose
 
-from tinyexp.pipeline import fits_target, run, write_json
+from tinyexp.job import fits_target
+from tinyexp.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -25,21 +26,49 @@ def _conv_widths(path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory, single_thread):
-    """Runs pruning at 0.3: the defaults; steps=2 and round_to=4 on a tiny target; int8 after
-    a per-layer analysis."""
+    """Runs pruning at 0.3: steps=2 and round_to=4 on a tiny target, logged to MLflow (it trains
+    the baseline); the defaults; int8 after a per-layer analysis; the defaults again, logged
+    (the baseline from the cache)."""
     out = {}
     cache = tmp_path_factory.mktemp("cache")
+    store = f"logger.tracking_uri=sqlite:///{cache / 'mlflow.db'}"
     for name, extra in {
-        "default": [],
         "steps2_round4": ["prune.steps=2", "prune.round_to=4", "target=tiny",
-                          "target.flash_bytes=10000"],
+                          "target.flash_bytes=10000", "logger=mlflow", store],
+        "default": [],
         "int8_layers": ["quant=int8", "analysis=layers", "analysis.ratios=[0.5]"],
+        "cached": ["logger=mlflow", store],
     }.items():
         folder = tmp_path_factory.mktemp(name)
         cfg = compose([*TINY, "prune.ratio=0.3", "logger=none", f"cache_dir={cache}",
                        f"+output_dir={folder}", *extra])
         out[name] = (run(cfg), folder)
+    out["store"] = cache / "mlflow.db"
     return out
+
+
+def _history(jobs, name, metric):
+    from tinyexp.tracking import client_for
+
+    client = client_for(f"sqlite:///{jobs['store']}")
+    run_id = jobs[name][0]["mlflow_run_id"]
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, metric),
+                                              key=lambda m: m.step)]
+
+
+def test_every_training_logs_its_curves_into_the_run(jobs):
+    for name in ("steps2_round4", "cached"):
+        epochs = int(jobs[name][0]["metrics"]["baseline/epochs"])
+        for curve in ("train_loss", "val_loss"):
+            points = _history(jobs, name, f"curves/baseline/{curve}")
+            # one point per epoch, step = epoch; a cache hit replays the cached training's curve
+            assert [s for s, _ in points] == list(range(1, epochs + 1)), points
+    assert _history(jobs, "cached", "curves/baseline/val_loss") == \
+        _history(jobs, "steps2_round4", "curves/baseline/val_loss")
+    for step in (1, 2):  # prune.steps=2: a curve per fine-tune, one epoch each (TINY)
+        points = _history(jobs, "steps2_round4", f"curves/prune_step{step}/val_loss")
+        assert [s for s, _ in points] == [1]
+    assert not _history(jobs, "steps2_round4", "curves/prune_step3/val_loss")
 
 
 def test_round_to_and_steps_reach_the_pruned_model(jobs):
@@ -125,9 +154,3 @@ def test_the_layer_analysis_is_logged_per_group(jobs):
     assert (folder / "layer_sensitivity.csv").read_text().count("\n") == 1 + 4 + 1
     assert (folder / "layer_sensitivity.png").stat().st_size > 0
 
-
-def test_write_json_turns_non_finite_into_null_and_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "metrics.json"
-    write_json(path, {"a": 1.5, "b": math.nan, "c": math.inf, "d": "x"})
-    assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": None, "d": "x"}
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -1,22 +1,22 @@
 """Trained float baselines, cached by what determines their weights.
 
 Jobs that share dataset, architecture, training config and seed get the same baseline: the
-first trains it, the others load it. Entries are written atomically (temp file, then rename),
-so a killed job never leaves a half-written baseline behind.
+first trains it, the others load it. Entries are written atomically
+(:func:`tinyexp.files.atomic_write`), so a killed job never leaves a half-written baseline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from tinyexp.files import atomic_write
 
 # Bump when the training code changes what a config produces: old entries stop matching.
 CACHE_VERSION = 1
@@ -32,18 +32,6 @@ def baseline_key(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load(cache_dir: str | Path, key: str, net: nn.Module) -> dict[str, Any] | None:
     """Load cached weights into ``net``; return the training info, or None on a miss."""
     entry = Path(cache_dir) / "baselines" / key
@@ -56,8 +44,12 @@ def load(cache_dir: str | Path, key: str, net: nn.Module) -> dict[str, Any] | No
 
 
 def store(cache_dir: str | Path, key: str, net: nn.Module, info: dict[str, Any]) -> None:
-    """Save trained weights and their training info (info last: it marks the entry complete)."""
+    """Save trained weights and their training info (info last: it marks the entry complete).
+
+    ``info`` is what :func:`tinyexp.lit.train` returned, loss ``curve`` included, so a later
+    hit can log the curve it did not train. Python's JSON keeps NaN and infinity (as ``NaN``,
+    ``Infinity``): a diverged epoch or a training without validation round-trips as it was.
+    """
     entry = Path(cache_dir) / "baselines" / key
-    _atomic_write(entry / "weights.pt", lambda tmp: torch.save(net.state_dict(), tmp))
-    _atomic_write(entry / "train.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    atomic_write(entry / "weights.pt", lambda tmp: torch.save(net.state_dict(), tmp))
+    atomic_write(entry / "train.json", json.dumps(info, indent=2))

@@ -1,14 +1,17 @@
 """Config validation: every bad value is caught here, before anything heavy runs.
 
-The YAML files in ``conf/`` say what to build; the dataclasses in ``tinyexp.schemas`` say which
-keys each option takes, of which type, in which range. ``validate`` checks a composed config
-against them and raises ``ConfigError`` with one line naming the key and what is allowed. Only
-the standard library and OmegaConf are imported here, so validation costs nothing at startup.
+The YAML files in ``conf/`` say what to build; the dataclasses in ``tinyexp.schemas`` (data,
+architectures, logger, target, measure) and the stage spec classes of ``tinyexp.stages`` (named by
+each stage's ``_target_``) say which keys each option takes, of which type, in which range.
+``validate`` checks a composed config against them and raises ``ConfigError`` with one line
+naming the key and what is allowed. Only the standard library, OmegaConf and the (stdlib-only)
+spec modules are imported here, so validation costs nothing at startup.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from typing import Any
 
@@ -16,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyexp.schemas import SCHEMAS, SHARED_SCHEMAS, ConfigError, Measure, _require
+from tinyexp.stages.base import Stage
 
 # The task metrics each kind of dataset is measured by.
 TASK_METRICS = {"anomaly": ("mse", "f1", "far", "mar", "roc_auc"),
@@ -24,8 +28,26 @@ ALL_TASK_METRICS = tuple(dict.fromkeys(m for names in TASK_METRICS.values() for 
 # Keys of a dataset/arch node that describe it rather than being constructor arguments.
 META_KEYS = ("name", "task", "input", "threshold_quantile", "threshold_scale")
 
+# The stage groups, in the order the pipeline runs them; each option's YAML names its spec class.
+STAGE_GROUPS = ("analysis", "prune", "quant")
+
 # Trainer keys we check; any other pytorch_lightning.Trainer keyword passes through untouched.
 _TRAINER_INTS = {"max_epochs": 1, "devices": 1, "log_every_n_steps": 1}
+
+
+def _merge(group: str, name: Any, schema: type, values: dict[str, Any]) -> Any:
+    """``values`` typed and range-checked by the dataclass ``schema``: an instance of it."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        key = f"{group}.{err.full_key}" if getattr(err, "full_key", None) else group
+        first_line = str(err).splitlines()[0]
+        if "not in" in first_line:  # unknown key
+            allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+            raise ConfigError(key, f"unknown key for {group}={name}; allowed: {allowed}") from None
+        raise ConfigError(key, first_line) from None
 
 
 def _check_node(group: str, node: Any) -> Any:
@@ -35,20 +57,36 @@ def _check_node(group: str, node: Any) -> Any:
     options = SCHEMAS.get(group) or {name: SHARED_SCHEMAS[group]}
     _require(name in options, f"{group}.name",
              f"unknown option {name!r}; allowed: {', '.join(options)}")
-    schema = OmegaConf.structured(options[name])
+    # Resolve against the whole config first: `${seed}` means the top-level seed.
+    return _merge(group, name, options[name], OmegaConf.to_container(node, resolve=True))
+
+
+def stage_class(group: str, target: Any) -> type[Stage]:
+    """The spec class a stage's ``_target_`` names (a dataclass deriving from ``Stage``)."""
+    key = f"{group}._target_"
+    _require(isinstance(target, str) and "." in target, key,
+             f"must name the stage's spec class, e.g. tinyexp.stages.prune.L1Prune, "
+             f"got {target!r}")
+    module, _, attr = target.rpartition(".")
     try:
-        # Resolve against the whole config first: `${seed}` means the top-level seed.
-        merged = OmegaConf.merge(schema, OmegaConf.to_container(node, resolve=True))
-        return OmegaConf.to_object(merged)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as err:
-        key = f"{group}.{err.full_key}" if getattr(err, "full_key", None) else group
-        first_line = str(err).splitlines()[0]
-        if "not in" in first_line:  # unknown key
-            allowed = ", ".join(f.name for f in dataclasses.fields(options[name]))
-            raise ConfigError(key, f"unknown key for {group}={name}; allowed: {allowed}") from None
-        raise ConfigError(key, first_line) from None
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(key, f"cannot import {target!r} ({err})") from None
+    _require(isinstance(cls, type) and issubclass(cls, Stage) and dataclasses.is_dataclass(cls),
+             key, f"{target!r} is not a stage spec class (a dataclass deriving from "
+                  f"tinyexp.stages.base.Stage)")
+    return cls
+
+
+def check_stage(group: str, node: Any) -> Stage | None:
+    """The spec object of a stage group's option, or None when the group is null (none)."""
+    if node is None:
+        return None
+    _require(isinstance(node, DictConfig) and "_target_" in node, group,
+             "must be a stage option with a _target_ spec class, or null")
+    values = OmegaConf.to_container(node, resolve=True)
+    cls = stage_class(group, values.pop("_target_"))
+    return _merge(group, values.get("name"), cls, values)
 
 
 def _check_trainer(node: Any) -> None:
@@ -79,6 +117,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
              f"must be an int >= 0, got {seed!r}")
     specs = {group: _check_node(group, cfg.get(group)) for group in [*SCHEMAS, *SHARED_SCHEMAS]}
+    specs.update({group: check_stage(group, cfg.get(group)) for group in STAGE_GROUPS})
     _check_trainer(cfg.get("trainer"))
     try:
         specs["measure"] = OmegaConf.to_object(
@@ -94,7 +133,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
              f"arch={arch.name} takes {arch.input} data but dataset={data.name} is {data.input} "
              f"data; choose an architecture that takes {data.input} data")
     analysis = specs["analysis"]
-    if analysis.name == "layers" and analysis.metric is not None:
+    if analysis is not None and getattr(analysis, "metric", None) is not None:
         allowed = TASK_METRICS[data.task]
         _require(analysis.metric in allowed, "analysis.metric",
                  f"must be one of {', '.join(allowed)} for dataset={data.name}, "
@@ -107,13 +146,17 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     return specs
 
 
+def option_name(cfg: Any, group: str) -> str:
+    """The option a group holds (``l1``, ``int8``), ``none`` for a null stage group."""
+    node = cfg.get(group)
+    return "none" if node is None else str(node.get("name"))
+
+
 def describe(cfg: Any) -> str:
     """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
-    prune = cfg.prune.name if cfg.prune.name == "none" else f"{cfg.prune.name}@{cfg.prune.ratio:g}"
-    quant = cfg.quant.name
-    if quant == "qat":
-        quant = f"qat-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
-    return f"{cfg.dataset.name}-{cfg.arch.name}-{prune}-{quant}"
+    labels = [check_stage(g, cfg.get(g)).label() if cfg.get(g) is not None else "none"
+              for g in ("prune", "quant")]
+    return "-".join([cfg.dataset.name, cfg.arch.name, *labels])
 
 
 def constructor_kwargs(node: DictConfig) -> DictConfig:

@@ -1,8 +1,10 @@
 """The schema of every config group option: which keys it takes, of which type, in which range.
 
-One dataclass per option (``SensorsData``, ``CNNArch``, ``L1Prune``, ...); each checks its ranges in
+One dataclass per option (``SensorsData``, ``CNNArch``, ``Target``, ...); each checks its ranges in
 ``__post_init__`` and raises ``ConfigError`` naming the key. ``tinyexp.config.validate`` merges a
-composed config into these. Only the standard library is imported: cheap at startup.
+composed config into these. The stages (prune, quant, analysis) are their own schemas: the spec
+classes of ``tinyexp.stages`` named by ``_target_``. Only the standard library is imported:
+cheap at startup.
 """
 
 from __future__ import annotations
@@ -198,100 +200,6 @@ class CustomCNNArch:
         _fraction("arch.dropout", self.dropout)
 
 
-# ----------------------------------------------------------------------------- compression
-
-
-@dataclass
-class NoPrune:
-    name: str = "none"
-
-
-@dataclass
-class L1Prune:
-    name: str = "l1"
-    ratio: float = 0.5
-    steps: int = 1
-    finetune_epochs: int = 10
-    round_to: int | None = None
-
-    def __post_init__(self) -> None:
-        _require(0 <= self.ratio < 1, "prune.ratio", f"must be in [0, 1), got {self.ratio}")
-        _require(self.steps >= 1, "prune.steps", f"must be an int >= 1, got {self.steps}")
-        _require(self.finetune_epochs >= 0, "prune.finetune_epochs",
-                 f"must be an int >= 0, got {self.finetune_epochs}")
-        _require(self.round_to is None or self.round_to >= 1, "prune.round_to",
-                 f"must be null or an int >= 1, got {self.round_to}")
-
-
-@dataclass
-class NoQuant:
-    name: str = "none"
-
-
-@dataclass
-class DynamicQuant:
-    name: str = "dynamic"
-    per_channel: bool = False
-
-
-@dataclass
-class StaticQuant:
-    name: str = "int8"
-    calibration_samples: int = 256
-    per_channel: bool = True
-    calibrate_method: str = "minmax"
-    format: str = "qdq"
-
-    def __post_init__(self) -> None:
-        formats = ("qoperator", "qdq") if self.name == "int8" else ("qdq",)
-        _require(self.format in formats, "quant.format",
-                 f"must be {' or '.join(formats)} for quant={self.name}, got {self.format!r}")
-        _require(self.calibration_samples >= 1, "quant.calibration_samples",
-                 f"must be an int >= 1, got {self.calibration_samples}")
-        methods = ("minmax", "entropy", "percentile")
-        _require(self.calibrate_method in methods, "quant.calibrate_method",
-                 f"must be one of {', '.join(methods)}, got {self.calibrate_method!r}")
-
-
-@dataclass
-class FP16Quant:
-    name: str = "fp16"
-
-
-@dataclass
-class QATQuant:
-    name: str = "qat"
-    weight_bits: int = 8
-    act_bits: int = 8
-    epochs: int = 10
-
-    def __post_init__(self) -> None:
-        for key in ("weight_bits", "act_bits"):
-            value = getattr(self, key)
-            _require(2 <= value <= 8, f"quant.{key}", f"must be an int in [2, 8], got {value}")
-        _require(self.epochs >= 1, "quant.epochs", f"must be an int >= 1, got {self.epochs}")
-
-
-@dataclass
-class NoAnalysis:
-    name: str = "none"
-
-
-@dataclass
-class LayerAnalysis:
-    name: str = "layers"
-    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
-    finetune_epochs: int = 0
-    metric: str | None = None
-
-    def __post_init__(self) -> None:
-        _require(len(self.ratios) >= 1 and all(0 < r < 1 for r in self.ratios),
-                 "analysis.ratios", f"must be a non-empty list of numbers in (0, 1), "
-                 f"got {list(self.ratios)}")
-        _require(self.finetune_epochs >= 0, "analysis.finetune_epochs",
-                 f"must be an int >= 0, got {self.finetune_epochs}")
-
-
 # ----------------------------------------------------------------------------- the rest
 
 
@@ -327,8 +235,8 @@ class Target:
 @dataclass
 class Measure:
     opset: int = 17
-    latency_warmup: int = 20
-    latency_runs: int = 200
+    latency_warmup: int = 100
+    latency_runs: int = 1000
 
     def __post_init__(self) -> None:
         _require(13 <= self.opset <= 21, "measure.opset", f"must be in [13, 21], got {self.opset}")
@@ -342,11 +250,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData},
     "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,
              "custom_cnn": CustomCNNArch},
-    "prune": {"none": NoPrune, "l1": L1Prune},
-    "quant": {"none": NoQuant, "dynamic": DynamicQuant, "int8": StaticQuant,
-              "int16x8": StaticQuant, "fp16": FP16Quant, "qat": QATQuant},
     "logger": {"mlflow": MLflowLogger, "none": NoLogger},
-    "analysis": {"none": NoAnalysis, "layers": LayerAnalysis},
 }
 # Groups whose options all share one schema (users add their own options as YAML files).
 SHARED_SCHEMAS: dict[str, type] = {"target": Target}

@@ -11,7 +11,7 @@ import fcntl
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,24 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: str(node)}
 
 
+def curve_key(stage: str, name: str) -> str:
+    """The metric a training curve is logged under: ``curves/prune_step1/val_loss``."""
+    return f"curves/{stage}/{name}"
+
+
 class NullTracker:
     """Used with ``logger=none``: results go to the job's folder only."""
 
     run_id: str | None = None
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
         pass
+
+    def log_curve(self, stage: str, curve: dict[str, list[float]]) -> None:
+        pass
+
+    def curve_logger(self, stage: str) -> Callable[[int, dict[str, float]], None] | None:
+        return None
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         pass
@@ -45,20 +56,46 @@ class NullTracker:
 
 
 class MlflowTracker:
-    """Writes to one MLflow run through an explicit client (no global active run)."""
+    """Writes to one MLflow run through an explicit client (no global active run).
+
+    Values that are None, NaN or infinite are not logged: MLflow would keep a NaN but store an
+    infinity as +-1.8e308, which flattens any chart it appears in. A curve with a diverged
+    epoch shows a gap at that step instead (the training info and the cached baseline's
+    ``train.json`` keep the value itself).
+    """
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def _log_points(self, points: list[tuple[str, Any, int]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
-        for start in range(0, len(batch), 500):
+        batch = [Metric(key, float(value), now, step) for key, value, step in points
+                 if value is not None and math.isfinite(float(value))]
+        for start in range(0, len(batch), 500):  # MLflow takes at most 1000 metrics a request
             self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
+        """Log ``metrics`` at ``step`` (0 if None), in as few requests as MLflow allows."""
+        self._log_points([(key, value, step or 0) for key, value in metrics.items()])
+
+    def log_curve(self, stage: str, curve: dict[str, list[float]]) -> None:
+        """Log a whole training curve at once, value i at step i + 1 (the epoch), under
+        ``curves/<stage>/<name>``: the replay of a curve trained in an earlier job."""
+        self._log_points([(curve_key(stage, name), value, epoch)
+                          for name, values in curve.items()
+                          for epoch, value in enumerate(values, start=1)])
+
+    def curve_logger(self, stage: str) -> Callable[[int, dict[str, float]], None]:
+        """The ``on_epoch`` hook of :func:`tinyexp.lit.train` that logs each epoch as it ends,
+        so a training that crashes or is stopped still shows its curve so far."""
+
+        def log_epoch(epoch: int, values: dict[str, float]) -> None:
+            self.log_metrics({curve_key(stage, name): v for name, v in values.items()}, epoch)
+
+        return log_epoch
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)

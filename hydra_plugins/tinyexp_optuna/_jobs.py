@@ -1,6 +1,6 @@
 """Helpers around the jobs of a batch: reading what a job returned (``_Result``, ``_Rejected``),
-one-line error texts, the heartbeat of RUNNING trials, atomic file writes, and splitting a batch
-into runs of consecutive trial numbers.
+one-line error texts, the heartbeat of RUNNING trials, and splitting a batch into runs of
+consecutive trial numbers (files are written by ``tinyexp.files.atomic_write``).
 """
 # typing.Optional/List/Dict throughout, not `X | None` / `list[...]`: see optuna_sweeper's
 # module docstring.
@@ -8,10 +8,8 @@ into runs of consecutive trial numbers.
 
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # The logger of the module this code was split out of, so log lines keep their name.
@@ -116,12 +114,6 @@ class _Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _consecutive(jobs: List[Tuple[Any, List[str]]]) -> List[List[Tuple[Any, List[str]]]]:

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Tuple
 
 from omegaconf import OmegaConf
 
-from hydra_plugins.tinyexp_optuna._jobs import _atomic_write, _error_text
+from hydra_plugins.tinyexp_optuna._jobs import _error_text
 from hydra_plugins.tinyexp_optuna._space import SearchSpace
+from tinyexp.files import atomic_write
 
 # The logger of the module this code was split out of, so log lines keep their name.
 log = logging.getLogger("hydra_plugins.tinyexp_optuna.optuna_sweeper")
@@ -74,13 +75,11 @@ class _ResultsMixin:
             best = sorted(study.best_trials, key=lambda t: t.number)
             results["solutions"] = [self._solution(t, space) for t in best]
         text = OmegaConf.to_yaml(OmegaConf.create(results))
-        _atomic_write(self.sweep_dir / "optimization_results.yaml", text)
+        atomic_write(self.sweep_dir / "optimization_results.yaml", text)
         files = [self.sweep_dir / "optimization_results.yaml"]
 
         csv = self.sweep_dir / "trials.csv"
-        tmp = csv.with_name(f".{csv.name}.tmp")
-        study.trials_dataframe().to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        atomic_write(csv, lambda tmp: study.trials_dataframe().to_csv(tmp, index=False))
         files.append(csv)
         if self.plots:
             files += self._plots(study, len(complete))

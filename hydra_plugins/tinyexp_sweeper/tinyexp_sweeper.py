@@ -52,7 +52,7 @@ class TinyexpSweeper(BasicSweeper):
             return super().sweep(arguments)
         except Exception:
             # Hydra skips on_multirun_end when a job fails: show what the others measured.
-            from tinyexp.report import print_sweep_summary
+            from tinyexp.report.callback import print_sweep_summary
 
             print_sweep_summary(Path(str(self.config.hydra.sweep.dir)))
             raise

@@ -1,44 +1,38 @@
-"""Structured L1 pruning really shrinks every architecture, exactly and reproducibly."""
+"""Structured pruning really shrinks every architecture, exactly and reproducibly."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 from nets import ARCHS, C, build, sample
 
-from tinyexp.compress.prune import (
-    LSTMPruner,
-    PruneReport,
-    count_params,
-    layer_widths,
-    load_pruned,
-    prune_l1,
-    save_pruned,
-)
+from tinyexp.compress.prune import PruneReport, layer_widths, prune_structured
+from tinyexp.compress.tp_patches import L1Importance, LSTMPruner
+from tinyexp.measure.cost import count_params, export_onnx, onnx_macs, ort_session
 from tinyexp.models.lstm import LSTMAutoencoder
 from tinyexp.models.transformer import TransformerAutoencoder
 
 OUTPUT_LAYER = "head"  # every model names its output layer `head`
+OPSET = 17
+# one model per architecture of tinyexp.models (the LSTM with stacked, LSTM-only groups)
+MODELS = {"cnn": "cnn-w32", "lstm": "lstm-2layers", "transformer": "transformer-w32",
+          "custom_cnn": "custom_cnn"}
 
 
-def onnx_roundtrip(net: nn.Module, sample_shape: tuple[int, ...], path) -> None:
-    net = net.eval()
-    torch.onnx.export(
-        net, (torch.randn(1, *sample_shape),), str(path), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-    )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for n in (1, 4):
-        x = torch.randn(n, *sample_shape)
+def export_and_compare(net: nn.Module, name: str, path) -> int:
+    """Export ``net`` as the pipeline does, check ONNX Runtime agrees with it; its MACs."""
+    export_onnx(net, sample(name), path, opset=OPSET)
+    session = ort_session(path)
+    for seed in (1, 2):
+        x = sample(name, seed=seed)
         with torch.no_grad():
-            expected = net(x).numpy()
+            expected = net.eval()(x).numpy()
         (got,) = session.run(["output"], {"input": x.numpy()})
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    return onnx_macs(path)
 
 
 # ----------------------------------------------------------------------------- every architecture
@@ -50,16 +44,17 @@ def test_half_ratio_really_shrinks(name: str, tmp_path) -> None:
     x = sample(name, 4)
     with torch.no_grad():
         out_shape = net.eval()(x).shape
+    macs_before = export_and_compare(net, name, tmp_path / "float.onnx")
+    net.train()
 
-    pruned, report = prune_l1(net, sample(name), ratio=0.5)
+    pruned, report = prune_structured(net, sample(name), ratio=0.5, importance=L1Importance())
 
     assert pruned is net  # in place
+    assert net.training  # the caller's mode is restored
     assert isinstance(report, PruneReport)
     assert report.params_before == count_params(build(name))
     assert report.params_after == count_params(net)
     assert report.params_after <= 0.70 * report.params_before
-    assert report.macs_after < 0.75 * report.macs_before
-    assert report.param_reduction_pct >= 30.0
     assert report.groups_pruned > 0
     # no layer silently left at full width, and the output layer kept its width
     for layer, before in report.widths_before.items():
@@ -68,13 +63,13 @@ def test_half_ratio_really_shrinks(name: str, tmp_path) -> None:
     with torch.no_grad():
         y = net.eval()(x)
     assert y.shape == out_shape and torch.isfinite(y).all()
-    onnx_roundtrip(net, ARCHS[name][1], tmp_path / "pruned.onnx")
+    assert export_and_compare(net, name, tmp_path / "pruned.onnx") < 0.75 * macs_before
 
 
 @pytest.mark.parametrize("name", ["cnn-w60", "lstm-2layers", "transformer-w60", "custom_cnn"])
 def test_pruning_is_deterministic(name: str) -> None:
-    a, rep_a = prune_l1(build(name), sample(name), ratio=0.5)
-    b, rep_b = prune_l1(build(name), sample(name), ratio=0.5)
+    a, rep_a = prune_structured(build(name), sample(name), ratio=0.5, importance=L1Importance())
+    b, rep_b = prune_structured(build(name), sample(name), ratio=0.5, importance=L1Importance())
     assert rep_a == rep_b
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -87,10 +82,11 @@ def test_ratio_zero_is_a_noop(name: str) -> None:
     with torch.no_grad():
         before = net(x)
     calls = []
-    _, report = prune_l1(net, sample(name), ratio=0.0, finetune=calls.append)
+    _, report = prune_structured(net, sample(name), ratio=0.0, importance=L1Importance(),
+                                 finetune=calls.append)
     assert report.params_after == report.params_before == count_params(build(name))
-    assert report.macs_after == report.macs_before
-    assert report.groups_pruned == 0 and report.param_reduction_pct == 0.0
+    assert report.groups_pruned == 0
+    assert report.widths_after == report.widths_before
     assert len(calls) == 1
     with torch.no_grad():
         assert torch.equal(net(x), before)
@@ -98,10 +94,11 @@ def test_ratio_zero_is_a_noop(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["cnn-w60", "lstm-w60", "transformer-w60", "custom_cnn"])
 def test_two_steps_reach_the_same_size_and_finetune_twice(name: str) -> None:
-    _, one = prune_l1(build(name), sample(name), ratio=0.5, steps=1)
+    _, one = prune_structured(build(name), sample(name), ratio=0.5, importance=L1Importance(),
+                              steps=1)
     seen: list[int] = []
-    net, two = prune_l1(build(name), sample(name), ratio=0.5, steps=2,
-                        finetune=lambda m: seen.append(count_params(m)))
+    net, two = prune_structured(build(name), sample(name), ratio=0.5, importance=L1Importance(),
+                                steps=2, finetune=lambda m: seen.append(count_params(m)))
     assert len(seen) == 2
     assert seen[0] > seen[1] == two.params_after  # half-way after step 1, final after step 2
     assert two.steps == 2
@@ -122,7 +119,8 @@ def test_finetune_sees_the_pruned_model_and_can_train_it() -> None:
             loss.backward()
             opt.step()
 
-    net, report = prune_l1(build(name), sample(name), ratio=0.5, steps=2, finetune=finetune)
+    net, report = prune_structured(build(name), sample(name), ratio=0.5,
+                                   importance=L1Importance(), steps=2, finetune=finetune)
     assert report.params_after <= 0.7 * report.params_before
     assert net.training  # the caller's mode (train, as built) is restored
 
@@ -130,36 +128,71 @@ def test_finetune_sees_the_pruned_model_and_can_train_it() -> None:
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_bad_ratio_raises(ratio: float) -> None:
     with pytest.raises(ValueError, match="ratio"):
-        prune_l1(build("cnn-w60"), sample("cnn-w60"), ratio=ratio)
+        prune_structured(build("cnn-w60"), sample("cnn-w60"), ratio=ratio,
+                         importance=L1Importance())
 
 
 @pytest.mark.parametrize("steps", [0, -1])
 def test_bad_steps_raise(steps: int) -> None:
     with pytest.raises(ValueError, match="steps"):
-        prune_l1(build("cnn-w60"), sample("cnn-w60"), ratio=0.5, steps=steps)
+        prune_structured(build("cnn-w60"), sample("cnn-w60"), ratio=0.5,
+                         importance=L1Importance(), steps=steps)
 
 
 @pytest.mark.parametrize("name", ["cnn-w60", "lstm-w60", "transformer-w60", "custom_cnn"])
 def test_round_to_keeps_multiples(name: str) -> None:
-    _, report = prune_l1(build(name), sample(name), ratio=0.6, round_to=4)
+    _, report = prune_structured(build(name), sample(name), ratio=0.6,
+                                 importance=L1Importance(), round_to=4)
     for layer, width in report.widths_after.items():
         if layer != OUTPUT_LAYER:
             assert width % 4 == 0, (layer, width)
 
 
-@pytest.mark.parametrize("name", ["cnn-w60", "lstm-2layers", "transformer-w60", "custom_cnn"])
-def test_save_load_roundtrip(name: str, tmp_path) -> None:
-    net, _ = prune_l1(build(name), sample(name), ratio=0.5)
-    net.eval()
-    path = save_pruned(net, tmp_path / "sub" / "pruned.pt")
-    assert path.exists() and [p.name for p in path.parent.iterdir()] == ["pruned.pt"]  # no temp
-    loaded = load_pruned(path).eval()
+@pytest.mark.parametrize("round_to", [0, -4])
+def test_bad_round_to_raises(round_to: int) -> None:
+    with pytest.raises(ValueError, match="round_to"):
+        prune_structured(build("cnn-w60"), sample("cnn-w60"), ratio=0.5,
+                         importance=L1Importance(), round_to=round_to)
+
+
+# ----------------------------------------------------------------------------- any importance
+
+
+def _random_prune(name: str, seed: int) -> tuple[nn.Module, PruneReport]:
+    net = build(name)
+    torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
+    return prune_structured(net, sample(name), ratio=0.5,
+                            importance=tp.importance.RandomImportance())
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_random_importance_prunes_every_architecture(arch: str) -> None:
+    name = MODELS[arch]
     x = sample(name, 4)
     with torch.no_grad():
-        assert torch.equal(loaded(x), net(x))
-    # the reason save_pruned exists: a pruned state_dict does not fit a fresh model
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        build(name).load_state_dict(net.state_dict())
+        out_shape = build(name).eval()(x).shape
+    lstm_widths = {n: m.hidden_size for n, m in build(name).named_modules()
+                   if isinstance(m, nn.LSTM)}
+
+    net, report = _random_prune(name, seed=0)
+
+    # every group shrinks, LSTM-only ones (hidden units between stacked LSTMs) included
+    for layer, before in report.widths_before.items():
+        after = report.widths_after[layer]
+        assert after == before if layer == OUTPUT_LAYER else after < before, layer
+    assert all(net.get_submodule(n).hidden_size < w for n, w in lstm_widths.items())
+    assert report.params_after <= 0.70 * report.params_before
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert y.shape == out_shape and torch.isfinite(y).all()
+
+    # the same seed prunes the same channels; another seed picks other ones
+    again, report_again = _random_prune(name, seed=0)
+    other, _ = _random_prune(name, seed=1)
+    assert report_again.widths_after == report.widths_after
+    state, same, different = net.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(state[k], same[k]) for k in state)
+    assert not all(torch.equal(state[k], different[k]) for k in state)
 
 
 # ----------------------------------------------------------------------------- LSTM
@@ -198,7 +231,8 @@ def test_lstm_pruning_is_exact_on_dead_units(num_layers: int, mkldnn: bool) -> N
         expected = net(x)
 
     with torch.backends.mkldnn.flags(enabled=mkldnn):
-        _, report = prune_l1(net, sample("lstm-w60"), ratio=0.5)
+        _, report = prune_structured(net, sample("lstm-w60"), ratio=0.5,
+                                     importance=L1Importance())
         with torch.no_grad():
             got = net(x)
 
@@ -247,7 +281,7 @@ def test_multi_layer_nn_lstm_is_pruned_consistently() -> None:
 
     torch.manual_seed(0)
     net = Net()
-    _, report = prune_l1(net, sample("lstm-w60"), ratio=0.5)
+    _, report = prune_structured(net, sample("lstm-w60"), ratio=0.5, importance=L1Importance())
     rnn = net.rnn
     assert rnn.hidden_size == 12
     assert rnn.weight_ih_l1.shape == (48, 12) and rnn.weight_hh_l1.shape == (48, 12)
@@ -260,7 +294,8 @@ def test_multi_layer_nn_lstm_is_pruned_consistently() -> None:
 
 def test_transformer_prunes_attention_not_only_the_mlp() -> None:
     net = build("transformer-w60")
-    _, report = prune_l1(net, sample("transformer-w60"), ratio=0.5)
+    _, report = prune_structured(net, sample("transformer-w60"), ratio=0.5,
+                                 importance=L1Importance())
     for block in net.blocks:
         attn = block.attn
         assert (attn.num_heads, attn.head_dim) == (4, 4)  # every head kept, half its dims
@@ -295,7 +330,8 @@ def test_transformer_head_dim_pruning_is_exact_on_dead_dims() -> None:
         expected = net(x)
 
     # keep the residual width: LayerNorm makes residual pruning inexact by nature
-    prune_l1(net, sample("transformer-w60"), ratio=0.5, ignored_layers=[net.embed])
+    prune_structured(net, sample("transformer-w60"), ratio=0.5, importance=L1Importance(),
+                     ignored_layers=[net.embed])
 
     assert net.embed.out_features == 32
     for block in net.blocks:
@@ -308,14 +344,11 @@ def test_transformer_head_dim_pruning_is_exact_on_dead_dims() -> None:
 # ----------------------------------------------------------------------------- report
 
 
-def test_report_widths_and_dict() -> None:
+def test_report_widths() -> None:
     net = build("cnn-w60")
-    _, report = prune_l1(net, sample("cnn-w60"), ratio=0.5)
+    _, report = prune_structured(net, sample("cnn-w60"), ratio=0.5, importance=L1Importance())
     assert report.widths_before == {
         "encoder.0.0": 32, "encoder.1.0": 16, "decoder.0.0": 16, "decoder.1.0": 32, "head": C,
     }
     assert report.widths_after == layer_widths(net)
-    d = report.to_dict()
-    assert d["ratio"] == 0.5
-    assert d["param_reduction_pct"] == pytest.approx(report.param_reduction_pct)
-    assert 0 < d["macs_reduction_pct"] < 100
+    assert (report.ratio, report.steps) == (0.5, 1)

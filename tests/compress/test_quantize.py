@@ -7,14 +7,26 @@ import onnx
 import pytest
 import torch
 
-from tinyexp.compress.quantize import PTQSpec, float_compute_ops, quantize_onnx, weight_bytes
-from tinyexp.measure.cost import compact_onnx, count_macs, export_onnx, ort_session
+from tinyexp.compress.quantize import float_compute_ops, quantize_onnx, weight_bytes
+from tinyexp.measure.cost import compact_onnx, export_onnx, onnx_macs, ort_session
 from tinyexp.models.cnn import ConvAutoencoder
 from tinyexp.models.custom_cnn import CustomCNN
 from tinyexp.models.lstm import LSTMAutoencoder
 from tinyexp.models.transformer import TransformerAutoencoder
 
 MODES = ["dynamic", "int8", "int16x8", "fp16"]
+OPSET = 17
+# every setting a mode may use, as the quant config group gives them; each test changes one
+SETTINGS = {"per_channel": True, "calibrate_method": "minmax", "format": "qoperator"}
+
+
+def int8(fmt: str) -> dict:
+    return {**SETTINGS, "format": fmt}
+
+
+def export(net, x, path):
+    """The float model as the pipeline hands it to the quantizer (names kept)."""
+    return export_onnx(net.eval(), x[:1], path, opset=OPSET, compact=False)
 
 
 def _nets():
@@ -40,10 +52,10 @@ def test_every_mode_quantizes_every_architecture(tmp_path, arch, mode):
     net, data = _nets()[arch]
     net.eval()
     x = data.numpy()
-    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    src = export(net, data, tmp_path / "float.onnx")
     mode, _, fmt = mode.partition("-")
-    spec = PTQSpec(mode, calibration_samples=32, format=fmt or "qoperator")
-    dst = compact_onnx(quantize_onnx(src, tmp_path / "q.onnx", spec, x[:32]))
+    dst = compact_onnx(quantize_onnx(src, tmp_path / "q.onnx", mode, x[:32],
+                                     **int8(fmt or "qoperator")))
     onnx.checker.check_model(str(dst))
     with torch.no_grad():
         reference = net(data).numpy()
@@ -52,24 +64,24 @@ def test_every_mode_quantizes_every_architecture(tmp_path, arch, mode):
     # The artifact really is quantized: not bit-identical to float, yet close to it.
     error = np.abs(out - reference).max()
     assert 0 < error < 0.25 * np.abs(reference).max() + 0.05, error
-    assert count_macs(dst) == count_macs(src)  # precision changes, the work does not
+    assert onnx_macs(dst) == onnx_macs(src)  # precision changes, the work does not
     assert weight_bytes(dst) < weight_bytes(src)
 
 
 @pytest.mark.parametrize("fmt", ["qoperator", "qdq"])
 def test_int8_stores_weights_in_a_quarter_of_the_bytes(tmp_path, fmt):
     net, data = _nets()["custom_cnn"]
-    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8", format=fmt), data.numpy())
+    src = export(net, data, tmp_path / "float.onnx")
+    dst = quantize_onnx(src, tmp_path / "q.onnx", "int8", data.numpy(), **int8(fmt))
     ratio = weight_bytes(dst) / weight_bytes(src)
     assert 0.25 <= ratio < 0.4, ratio  # int8 weights; int32 biases and scales stay wider
 
 
 def test_static_int8_keeps_lstm_in_float_and_says_so(tmp_path):
     net, data = _nets()["lstm"]
-    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    static = quantize_onnx(src, tmp_path / "s.onnx", PTQSpec("int8", format="qdq"), data.numpy())
-    dynamic = quantize_onnx(src, tmp_path / "d.onnx", PTQSpec("dynamic"))
+    src = export(net, data, tmp_path / "float.onnx")
+    static = quantize_onnx(src, tmp_path / "s.onnx", "int8", data.numpy(), **int8("qdq"))
+    dynamic = quantize_onnx(src, tmp_path / "d.onnx", "dynamic", per_channel=True)
     assert float_compute_ops(static)["LSTM"] == 2
     assert float_compute_ops(dynamic)["LSTM"] == 0  # DynamicQuantizeLSTM: int8 weights
 
@@ -77,26 +89,47 @@ def test_static_int8_keeps_lstm_in_float_and_says_so(tmp_path):
 @pytest.mark.parametrize("fmt", ["qoperator", "qdq"])
 def test_fully_fused_int8_conv_model_has_no_float_compute(tmp_path, fmt):
     net, data = _nets()["custom_cnn"]
-    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8", format=fmt), data.numpy())
+    src = export(net, data, tmp_path / "float.onnx")
+    dst = quantize_onnx(src, tmp_path / "q.onnx", "int8", data.numpy(), **int8(fmt))
     assert sum(float_compute_ops(dst).values()) == 0
 
 
 def test_transposed_convolutions_stay_float_in_int8_and_are_reported(tmp_path):
     net, data = _nets()["cnn"]
-    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
+    src = export(net, data, tmp_path / "float.onnx")
     for fmt in ("qoperator", "qdq"):
-        dst = quantize_onnx(src, tmp_path / f"{fmt}.onnx", PTQSpec("int8", format=fmt),
-                            data.numpy())
+        dst = quantize_onnx(src, tmp_path / f"{fmt}.onnx", "int8", data.numpy(), **int8(fmt))
         assert float_compute_ops(dst) == {"ConvTranspose": 2}, fmt
 
 
-def test_static_modes_need_calibration_data(tmp_path):
+@pytest.mark.parametrize(("mode", "given", "error"), [
+    ("int8", {"calibration": None}, "calibration"),
+    ("int16x8", {"calibration": np.zeros((0, 32, 8), np.float32)}, "calibration"),
+    ("int8", {"format": None}, "needs format"),
+    ("int8", {"calibrate_method": None}, "needs calibrate_method"),
+    ("int16x8", {"per_channel": None}, "needs per_channel"),
+    ("dynamic", {"per_channel": None}, "needs per_channel"),
+    ("int8", {"format": "qop"}, "format must be one of"),
+    ("int8", {"calibrate_method": "max"}, "calibrate_method must be one of"),
+    ("int4", {}, "unknown"),
+])
+def test_missing_or_unknown_settings_raise_before_writing(tmp_path, mode, given, error):
     net, data = _nets()["cnn"]
-    src = export_onnx(net.eval(), data[:1], tmp_path / "float.onnx", compact=False)
-    with pytest.raises(ValueError, match="calibration"):
-        quantize_onnx(src, tmp_path / "q.onnx", PTQSpec("int8"), None)
-    assert not (tmp_path / "q.onnx").exists()
+    src = export(net, data, tmp_path / "float.onnx")
+    kwargs = {"calibration": data.numpy(), **SETTINGS, **given}
+    with pytest.raises(ValueError, match=error):
+        quantize_onnx(src, tmp_path / "q.onnx", mode, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.onnx"]
+
+
+def test_modes_ignore_the_settings_they_do_not_use(tmp_path):
+    net, data = _nets()["cnn"]
+    src = export(net, data, tmp_path / "float.onnx")
+    fp16 = quantize_onnx(src, tmp_path / "h.onnx", "fp16")
+    dynamic = quantize_onnx(src, tmp_path / "d.onnx", "dynamic", per_channel=False)
+    int16 = quantize_onnx(src, tmp_path / "s.onnx", "int16x8", data.numpy()[:8],
+                          per_channel=False, calibrate_method="minmax")
+    assert all(onnx_macs(p) == onnx_macs(src) for p in (fp16, dynamic, int16))
 
 
 def test_weight_bytes_counts_clipped_integers_at_their_bit_width(tmp_path):
@@ -143,12 +176,11 @@ def _scales(path) -> dict[str, np.ndarray]:
 def test_per_channel_stores_one_weight_scale_per_output_channel(tmp_path, mode, arch, widest):
     net, data = _nets()[arch]
     net.eval()
-    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    src = export(net, data, tmp_path / "float.onnx")
     sizes = {}
     for per_channel in (False, True):
-        spec = PTQSpec(mode, calibration_samples=32, per_channel=per_channel,
-                       format="qdq" if mode == "int16x8" else "qoperator")
-        dst = quantize_onnx(src, tmp_path / f"{per_channel}.onnx", spec, data.numpy()[:32])
+        dst = quantize_onnx(src, tmp_path / f"{per_channel}.onnx", mode, data.numpy()[:32],
+                            **{**SETTINGS, "per_channel": per_channel})
         sizes[per_channel] = max(s.size for s in _scales(dst).values())
     assert sizes == {False: 1, True: widest}
 
@@ -158,12 +190,11 @@ def test_calibration_method_sets_the_activation_ranges(tmp_path, mode):
     net, data = _nets()["cnn"]
     net.eval()
     data = data ** 3  # heavy tails: the outliers that entropy and percentile clip
-    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
+    src = export(net, data, tmp_path / "float.onnx")
     found = {}
     for method in ("minmax", "entropy", "percentile"):
-        spec = PTQSpec(mode, calibration_samples=64, calibrate_method=method,
-                       format="qdq")
-        dst = quantize_onnx(src, tmp_path / f"{method}.onnx", spec, data.numpy())
+        dst = quantize_onnx(src, tmp_path / f"{method}.onnx", mode, data.numpy(),
+                            **{**int8("qdq"), "calibrate_method": method})
         found[method] = _scales(dst)
     for method in ("entropy", "percentile"):
         assert found[method].keys() == found["minmax"].keys()
@@ -183,9 +214,8 @@ def test_format_and_mode_decide_the_operators_and_activation_type(tmp_path, mode
                                                                   activation):
     net, data = _nets()["custom_cnn"]
     net.eval()
-    src = export_onnx(net, data[:1], tmp_path / "float.onnx", compact=False)
-    dst = quantize_onnx(src, tmp_path / "q.onnx",
-                        PTQSpec(mode, calibration_samples=32, format=fmt), data.numpy()[:32])
+    src = export(net, data, tmp_path / "float.onnx")
+    dst = quantize_onnx(src, tmp_path / "q.onnx", mode, data.numpy()[:32], **int8(fmt))
     model = onnx.load(str(dst))
     found = {n.op_type for n in model.graph.node}
     assert ops <= found, found

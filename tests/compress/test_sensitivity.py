@@ -11,14 +11,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tinyexp.compress.prune import count_macs, count_params, layer_widths, prune_l1
+from tinyexp.compress.prune import layer_widths, prune_structured
 from tinyexp.compress.sensitivity import (
     PrunableGroup,
     _prune_group,
     layer_sensitivity,
     prunable_groups,
 )
+from tinyexp.compress.tp_patches import L1Importance
+from tinyexp.measure.cost import count_params, export_onnx, onnx_macs
 from tinyexp.models.cnn import ConvAutoencoder
+
+OPSET = 17
 
 # this module's names for the default architectures (series ones on a 32-step window)
 ARCHS = {"cnn": "cnn-w32", "lstm": "lstm-w32", "transformer": "transformer-w32",
@@ -108,7 +112,7 @@ def test_prunable_groups_of_the_cnn() -> None:
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_groups_partition_what_prune_l1_shrinks(name: str) -> None:
+def test_groups_partition_what_pruning_shrinks(name: str) -> None:
     net = build(name)
     groups = prunable_groups(net, sample(name))
 
@@ -121,7 +125,7 @@ def test_groups_partition_what_prune_l1_shrinks(name: str) -> None:
         assert all(layer in modules for layer in g.layers)
     layers = [layer for g in groups for layer in g.layers]
     assert len(layers) == len(set(layers))  # disjoint
-    _, report = prune_l1(build(name), sample(name), ratio=0.5)
+    _, report = prune_structured(build(name), sample(name), ratio=0.5, importance=L1Importance())
     shrunk = {k for k, w in report.widths_after.items() if w != report.widths_before[k]}
     assert set(layers) == shrunk
 
@@ -129,7 +133,7 @@ def test_groups_partition_what_prune_l1_shrinks(name: str) -> None:
 # ----------------------------------------------------------------------------- sensitivity
 
 
-def test_layer_sensitivity_on_the_cnn() -> None:
+def test_layer_sensitivity_on_the_cnn(tmp_path) -> None:
     name = "cnn"
     net = build(name)  # train mode, as built
     x, example = sample(name, 4), sample(name)
@@ -137,7 +141,7 @@ def test_layer_sensitivity_on_the_cnn() -> None:
     before = snapshot(net)
     ratios = [0.25, 0.5]
 
-    rows = layer_sensitivity(net, example, evaluate, ratios)
+    rows = layer_sensitivity(net, example, evaluate, ratios, opset=OPSET)
 
     assert_unchanged(net, before)
     assert net.training
@@ -148,7 +152,8 @@ def test_layer_sensitivity_on_the_cnn() -> None:
     assert base["group"] == "(none)" and base["ratio"] == 0.0
     assert base["mse_delta"] == 0.0
     assert base["params"] == count_params(net)
-    assert base["macs"] == count_macs(net, example)
+    assert base["macs"] == onnx_macs(export_onnx(net, example, tmp_path / "cnn.onnx",
+                                                 opset=OPSET))
     keys = {"group", "layers", "width", "kept", "ratio", "params", "macs", "mse", "mse_delta"}
     assert all(set(row) == keys for row in rows)
 
@@ -166,12 +171,12 @@ def test_layer_sensitivity_on_the_cnn() -> None:
         assert row["mse"] > 0.0  # removing channels of a random net changes its output
 
         # re-prune independently: only this group's width changed, and to `kept`
-        pruned, params, _ = _prune_group(copy.deepcopy(net), example, group, ratio)
+        pruned = _prune_group(copy.deepcopy(net), example, group, ratio)
         widths_before, widths_after = layer_widths(net), layer_widths(pruned)
         changed = {k for k, w in widths_after.items() if w != widths_before[k]}
         assert changed == {group.name}
         assert widths_after[group.name] == row["kept"]
-        assert params == row["params"] == count_params(pruned)
+        assert row["params"] == count_params(pruned)
     # a larger ratio keeps fewer channels
     by_group = {}
     for row in rows[1:]:
@@ -187,7 +192,7 @@ def test_layer_sensitivity_on_other_architectures(name: str) -> None:
     before = snapshot(net)
     ratios = [0.5]
 
-    rows = layer_sensitivity(net, example, mse_to_reference(net, x), ratios)
+    rows = layer_sensitivity(net, example, mse_to_reference(net, x), ratios, opset=OPSET)
 
     assert_unchanged(net, before)
     assert not net.training
@@ -203,12 +208,28 @@ def test_layer_sensitivity_on_other_architectures(name: str) -> None:
         )
 
 
-def test_rows_follow_prune_l1_rounding() -> None:
+def test_macs_are_the_onnx_artifacts(tmp_path) -> None:
+    # one MAC counter: the reference row is what the pipeline logs as baseline/macs (the
+    # transformer's attention products included), and each row is its pruned copy's export
+    name = "transformer"
+    net, example = build(name).eval(), sample(name)
+    rows = layer_sensitivity(net, example, lambda m: {}, [0.5], opset=OPSET)
+
+    assert rows[0]["macs"] == onnx_macs(export_onnx(net, example, tmp_path / "t.onnx",
+                                                    opset=OPSET))
+    group = prunable_groups(net, example)[0]
+    pruned = _prune_group(copy.deepcopy(net), example, group, 0.5)
+    assert rows[1]["group"] == group.name
+    assert rows[1]["macs"] == onnx_macs(export_onnx(pruned, example, tmp_path / "p.onnx",
+                                                    opset=OPSET))
+
+
+def test_rows_follow_pruning_rounding() -> None:
     # torch-pruning keeps int(width * (1 - ratio)) channels: any ratio removes at least one,
     # and a ratio that would keep none prunes nothing (kept == width) -- still one row each
     net = ConvAutoencoder(in_channels=nets.C, window=32, channels=(4, 2))  # widths 4, 2, 2, 4
     for ratio, kept in [(0.01, [3, 1, 1, 3]), (0.6, [1, 2, 2, 1]), (0.9, [4, 2, 2, 4])]:
-        rows = layer_sensitivity(net, sample("cnn"), lambda m: {"n": 1.0}, [ratio])
+        rows = layer_sensitivity(net, sample("cnn"), lambda m: {"n": 1.0}, [ratio], opset=OPSET)
         assert len(rows) == 1 + 4
         assert [row["kept"] for row in rows[1:]] == kept
         for row in rows[1:]:
@@ -237,7 +258,7 @@ def test_finetune_is_called_once_per_group_and_ratio() -> None:
         return {"p": float(count_params(m))}
 
     ratios = [0.25, 0.5]
-    rows = layer_sensitivity(net, example, evaluate, ratios, finetune=finetune)
+    rows = layer_sensitivity(net, example, evaluate, ratios, finetune=finetune, opset=OPSET)
 
     n_groups = len(GROUPS[name])
     assert len(seen) == n_groups * len(ratios)
@@ -251,10 +272,12 @@ def test_finetune_is_called_once_per_group_and_ratio() -> None:
 def test_bad_ratio_raises(ratios: list[float]) -> None:
     calls: list[nn.Module] = []
     with pytest.raises(ValueError, match="ratio"):
-        layer_sensitivity(build("cnn"), sample("cnn"), lambda m: calls.append(m) or {}, ratios)
+        layer_sensitivity(build("cnn"), sample("cnn"), lambda m: calls.append(m) or {}, ratios,
+                          opset=OPSET)
     assert not calls  # validated before any work
 
 
 def test_reserved_metric_name_raises() -> None:
     with pytest.raises(ValueError, match="reserved"):
-        layer_sensitivity(build("cnn"), sample("cnn"), lambda m: {"params": 1.0}, [0.5])
+        layer_sensitivity(build("cnn"), sample("cnn"), lambda m: {"params": 1.0}, [0.5],
+                          opset=OPSET)

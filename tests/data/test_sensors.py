@@ -1,3 +1,5 @@
+"""Sensors specifics; what every datamodule must do is in test_datamodule_contract.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,19 +25,16 @@ def test_make_windows_layout() -> None:
     assert make_windows(x, window=11).shape == (0, 11, 2)
 
 
-def test_deterministic_from_seed() -> None:
-    a, b, c = (SensorsDataModule(seed=s) for s in (3, 3, 4))
-    for module in (a, b, c):
+def test_the_seed_draws_the_test_series_and_its_anomalies() -> None:
+    a, c = (SensorsDataModule(seed=s) for s in (3, 4))
+    for module in (a, c):
         module.setup("fit")
-    torch.testing.assert_close(a.train_windows, b.train_windows, rtol=0, atol=0)
-    np.testing.assert_array_equal(a.segments[0].test, b.segments[0].test)
-    np.testing.assert_array_equal(a.segments[0].labels, b.segments[0].labels)
     assert not np.array_equal(a.segments[0].test, c.segments[0].test)
     assert not np.array_equal(a.segments[0].labels, c.segments[0].labels)
 
 
 def test_shapes_and_channels(dm: SensorsDataModule) -> None:
-    assert dm.task == "anomaly" and dm.num_channels == 8 and dm.window == 32
+    assert dm.num_channels == 8 and dm.window == 32
     assert tuple(dm.channels) == CHANNELS and CHANNELS[0] == "Accelerometer1RMS"
     total = (4000 - 32) // 2 + 1
     n_val = round(0.2 * total)
@@ -45,10 +44,8 @@ def test_shapes_and_channels(dm: SensorsDataModule) -> None:
     (seg,) = dm.segments
     assert seg.name == "sensors"
     assert seg.train.shape == (total, 32, 8)
-    assert seg.test.shape == (4000 - 31, 32, 8) and seg.test.dtype == np.float32
+    assert seg.test.shape == (4000 - 31, 32, 8)
     assert seg.labels.shape == (4000,)
-    assert dm.example_input().shape == (1, 32, 8)
-    assert dm.calibration_windows(100).shape == (100, 32, 8)
 
 
 def test_setup_is_idempotent(dm: SensorsDataModule) -> None:
@@ -58,18 +55,9 @@ def test_setup_is_idempotent(dm: SensorsDataModule) -> None:
     assert dm.train_windows is before
 
 
-def test_loaders_yield_plain_reproducible_batches() -> None:
-    first = []
-    for _ in range(2):
-        module = SensorsDataModule(seed=1, batch_size=16)
-        module.setup("fit")
-        batch = next(iter(module.train_dataloader()))
-        assert isinstance(batch, torch.Tensor) and batch.shape == (16, 32, 8)
-        assert batch.dtype == torch.float32
-        first.append(batch)
-    torch.testing.assert_close(first[0], first[1], rtol=0, atol=0)
-    val = next(iter(module.val_dataloader()))
-    torch.testing.assert_close(val, module.val_windows[:16], rtol=0, atol=0)
+def test_validation_windows_come_in_order(dm: SensorsDataModule) -> None:
+    val = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(val, dm.val_windows[:64], rtol=0, atol=0)
 
 
 def test_several_anomalies_of_all_kinds() -> None:

@@ -57,8 +57,9 @@ def grid(out: Path, extra: list[str]) -> dict:
         cfg = yaml.safe_load((job / "config.yaml").read_text())
         stage = max((s for s in ("baseline", "pruned", "quantized") if f"{s}/f1" in metrics),
                     key=("baseline", "pruned", "quantized").index)
-        points.append({"ratio": cfg["prune"]["ratio"], "quant": cfg["quant"]["name"],
-                       "bits": cfg["quant"].get("weight_bits"),
+        quant = cfg.get("quant") or {"name": "none"}  # quant=none is a null group
+        points.append({"ratio": cfg["prune"]["ratio"], "quant": quant["name"],
+                       "bits": quant.get("weight_bits"),
                        "value": metrics[f"{stage}/{OBJECTIVE}"],
                        "feasible": _feasible(metrics, stage, cfg["target"])})
     feasible = [p for p in points if p["feasible"]]

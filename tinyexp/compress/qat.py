@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,14 +51,14 @@ with warnings.catch_warnings():
     from brevitas.graph.quantize import layerwise_quantize
     from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
     from brevitas.nn.quant_rnn import GateWeight
-    from brevitas.proxy.quant_proxy import QuantProxyFromInjector
     from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Int32Bias
+
+from tinyexp.files import atomic_write
 
 __all__ = [
     "QuantInputLSTM",
     "calibrate",
     "export_qcdq",
-    "packed_weight_bytes",
     "qat_unsupported",
     "qat_weight_bits",
     "to_qat",
@@ -300,7 +298,7 @@ def _fixed_lstm_export() -> Iterator[None]:
         _onnx_handler.LSTMCellFn = original
 
 
-def export_qcdq(qnet: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> Path:
+def export_qcdq(qnet: nn.Module, example: torch.Tensor, path: Path, opset: int) -> Path:
     """Export a QAT model to QCDQ ONNX for batch-1 inference; the file appears whole or not at all.
 
     Weights are stored as int8 initializers (a ``Clip`` restricts them to ``weight_bits``;
@@ -319,24 +317,18 @@ def export_qcdq(qnet: nn.Module, example: torch.Tensor, path: Path, opset: int =
     Returns:
         ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         # no_grad, not inference_mode: Brevitas' export fails on inference tensors
         with torch.no_grad(), warnings.catch_warnings(), _fixed_lstm_export():
             warnings.simplefilter("ignore")
             export_onnx_qcdq(
-                qnet, args=example[:1].detach(), export_path=tmp, dynamo=False,
+                qnet, args=example[:1].detach(), export_path=str(tmp), dynamo=False,
                 opset_version=opset, input_names=["input"], output_names=["output"],
                 keep_initializers_as_inputs=False,
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _weight_quantizers(qnet: nn.Module) -> dict[str, list[tuple[torch.Tensor, nn.Module]]]:
@@ -364,29 +356,3 @@ def qat_weight_bits(qnet: nn.Module) -> dict[str, int]:
         widths = {int(q.bit_width().item()) for _, q in pairs}
         bits[name] = max(widths)  # one value per layer: all gates of an LSTM share it
     return bits
-
-
-def packed_weight_bytes(qnet: nn.Module) -> float:
-    """Bytes the parameters take with quantized weights packed at their bit-width.
-
-    Quantized weights count ``numel * bits / 8`` (a 4-bit weight is half a byte); every
-    other parameter of the model (biases, norms, embeddings, float layers) counts 4 bytes
-    per element. Quantizer metadata (scales, zero points) is not counted.
-    """
-    total = 0.0
-    quantized: set[int] = set()
-    for pairs in _weight_quantizers(qnet).values():
-        for weight, quant in pairs:
-            if id(weight) not in quantized:
-                quantized.add(id(weight))
-                total += weight.numel() * int(quant.bit_width().item()) / 8
-    # parameters owned by quantizers: learned activation scales, and Brevitas registers an
-    # LSTM gate's hidden weight under the input weight's quantizer too (already counted)
-    metadata = {
-        id(p) for m in qnet.modules() if isinstance(m, QuantProxyFromInjector)
-        for p in m.parameters()
-    }
-    for p in qnet.parameters():
-        if id(p) not in quantized and id(p) not in metadata:
-            total += 4.0 * p.numel()
-    return total

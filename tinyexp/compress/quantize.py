@@ -4,9 +4,13 @@ Four modes, named after the TFLite converter options the studies we reproduce co
 
 * ``dynamic``: int8 weights, activations quantized on the fly (dynamic range).
 * ``int8``: full-integer static quantization, weights and activations int8, calibrated on
-  training data (integer operators, per-channel weights).
+  training data (stored as integer operators or as QDQ pairs).
 * ``int16x8``: static quantization with 16-bit activations and 8-bit weights.
 * ``fp16``: float16 weights and compute.
+
+Their settings (per-channel weights, calibration method, storage format, how many calibration
+samples) have no defaults here: the ``quant`` config group owns them, and ``quantize_onnx``
+refuses a mode whose settings are missing rather than guess.
 
 The result is a file ONNX Runtime runs: the numbers measured on it are the deployed model's.
 ONNX Runtime does not quantize every operator in every mode (static QDQ keeps ``LSTM`` in
@@ -18,34 +22,23 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from tinyexp.files import atomic_write
+from tinyexp.measure.cost import ort_optimized
+from tinyexp.stages.quant import CALIBRATE_METHODS, FORMATS  # the quant schema's allowed values
+
 # Operators that carry the multiply-accumulates: the ones whose precision matters.
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM",
                "FusedConv", "FusedGemm", "FusedMatMul"}  # ONNX Runtime's fused float kernels
-# Integer kernels that dynamic quantization puts in their place.
-INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
-               "QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"}
-
-
-@dataclass
-class PTQSpec:
-    """What to do; mirrors the ``quant`` config group."""
-
-    mode: str                      # dynamic | int8 | int16x8 | fp16
-    calibration_samples: int = 256
-    per_channel: bool = True
-    calibrate_method: str = "minmax"  # minmax | entropy | percentile
-    format: str = "qoperator"      # static int8: qoperator (QLinearConv, QGemm, ...) or qdq
+STATIC_MODES = ("int8", "int16x8")
+MODES = ("dynamic", *STATIC_MODES, "fp16")
 
 
 class _Calibration:
@@ -65,7 +58,8 @@ class _Calibration:
         self._iter = None
 
 
-def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> None:
+def _static(src: Path, dst: Path, mode: str, calibration: np.ndarray, per_channel: bool,
+            calibrate_method: str, format: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -73,13 +67,13 @@ def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> Non
     # Symbolic shape inference fails on the transformer graphs; ONNX's own is enough here.
     quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[spec.calibrate_method]
+              "percentile": CalibrationMethod.Percentile}[calibrate_method]
     # uint8 activations with int8 weights is ONNX Runtime's fast path on x86 (u8s8 kernels).
-    activation = QuantType.QInt16 if spec.mode == "int16x8" else QuantType.QUInt8
+    activation = QuantType.QInt16 if mode == "int16x8" else QuantType.QUInt8
     # QOperator stores integer operators (QLinearConv, QGemm): what an int8 deployment runs,
     # and smaller than QDQ's quantize/dequantize pairs. 16-bit activations exist only as QDQ.
     quant_format = QuantFormat.QOperator if (
-        spec.format == "qoperator" and spec.mode == "int8") else QuantFormat.QDQ
+        format == "qoperator" and mode == "int8") else QuantFormat.QDQ
     root = logging.getLogger()
     level = root.level
     # The quantizer warns on the root logger for every 1-D tensor it cannot quantize per
@@ -90,7 +84,7 @@ def _static(src: Path, dst: Path, spec: PTQSpec, calibration: np.ndarray) -> Non
             quantize_static(
                 str(prepared), str(dst), _Calibration("input", calibration),
                 quant_format=quant_format, activation_type=activation,
-                weight_type=QuantType.QInt8, per_channel=spec.per_channel,
+                weight_type=QuantType.QInt8, per_channel=per_channel,
                 calibrate_method=method,
             )
     finally:
@@ -126,11 +120,10 @@ def _entropy_histogram_bins(bins: int) -> Iterator[None]:
         ort_quantize.create_calibrator = original
 
 
-def _dynamic(src: Path, dst: Path, spec: PTQSpec) -> None:
+def _dynamic(src: Path, dst: Path, per_channel: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     per_channel=spec.per_channel)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
 
 
 def _fp16(src: Path, dst: Path) -> None:
@@ -160,36 +153,71 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def quantize_onnx(src: Path, dst: Path, spec: PTQSpec,
-                  calibration: np.ndarray | None = None) -> Path:
+def _check_settings(mode: str, calibration: np.ndarray | None, per_channel: bool | None,
+                    calibrate_method: str | None, format: str | None) -> None:
+    """Refuse an unknown mode, and a setting the mode uses but was not given or is unknown."""
+    if mode not in MODES:
+        raise ValueError(f"unknown post-training quantization mode {mode!r}")
+    needed = {"per_channel": (per_channel, (True, False))} if mode != "fp16" else {}
+    if mode in STATIC_MODES:
+        needed["calibrate_method"] = (calibrate_method, CALIBRATE_METHODS)
+        if calibration is None or len(calibration) == 0:
+            raise ValueError(f"quant={mode} needs calibration samples")
+    if mode == "int8":
+        needed["format"] = (format, FORMATS)
+    for name, (value, allowed) in needed.items():
+        if value is None:
+            raise ValueError(f"quant={mode} needs {name}")
+        if value not in allowed:
+            raise ValueError(f"quant={mode}: {name} must be one of {allowed}, got {value!r}")
+
+
+def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | None = None, *,
+                  per_channel: bool | None = None, calibrate_method: str | None = None,
+                  format: str | None = None) -> Path:
     """Quantize the float ONNX model ``src`` into ``dst`` (written whole or not at all).
+
+    The settings have no defaults here (the ``quant`` config group owns them); each mode needs
+    the ones it uses and ignores the others, which may then be ``None``:
+
+    =========== ============================================================
+    mode        needs
+    =========== ============================================================
+    ``dynamic`` ``per_channel``
+    ``int8``    ``calibration``, ``per_channel``, ``calibrate_method``, ``format``
+    ``int16x8`` ``calibration``, ``per_channel``, ``calibrate_method`` (always QDQ)
+    ``fp16``    nothing
+    =========== ============================================================
 
     Args:
         src: float model exported by ``measure.cost.export_onnx``.
         dst: where the quantized model goes.
-        spec: the mode and its settings.
-        calibration: input samples (N, ...) for the static modes.
+        mode: ``dynamic``, ``int8``, ``int16x8`` or ``fp16``.
+        calibration: input samples (N, ...) for the static modes, all of them used.
+        per_channel: one weight scale per output channel instead of one per tensor.
+        calibrate_method: how activation ranges are set: ``minmax``, ``entropy`` or
+            ``percentile``.
+        format: ``qoperator`` (integer operators: QLinearConv, QGemm, ...) or ``qdq``
+            (QuantizeLinear/DequantizeLinear pairs around float operators).
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        ValueError: If ``mode`` is unknown, or a setting it needs is missing or unknown.
     """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if spec.mode in ("int8", "int16x8"):
-            if calibration is None or len(calibration) == 0:
-                raise ValueError(f"quant={spec.mode} needs calibration samples")
-            _static(Path(src), tmp, spec, calibration)
-        elif spec.mode == "dynamic":
-            _dynamic(Path(src), tmp, spec)
-        elif spec.mode == "fp16":
-            _fp16(Path(src), tmp)
+    _check_settings(mode, calibration, per_channel, calibrate_method, format)
+    src = Path(src)
+
+    def write(tmp: Path) -> None:
+        if mode in STATIC_MODES:
+            _static(src, tmp, mode, calibration, per_channel, calibrate_method, format)
+        elif mode == "dynamic":
+            _dynamic(src, tmp, per_channel)
         else:
-            raise ValueError(f"unknown post-training quantization mode {spec.mode!r}")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+            _fp16(src, tmp)
+
+    return atomic_write(dst, write)
 
 
 def float_compute_ops(path: Path) -> Counter:
@@ -199,15 +227,7 @@ def float_compute_ops(path: Path) -> Counter:
     becomes ``QLinearConv``; one it cannot (``ConvTranspose``, ``LSTM``) stays a float op
     between Dequantize and Quantize nodes, and is counted here.
     """
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(optimized)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with ort_optimized(path) as optimized:
         graph = onnx.shape_inference.infer_shapes(onnx.load(str(optimized))).graph
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in [*graph.input, *graph.value_info, *graph.output]}

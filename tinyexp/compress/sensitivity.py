@@ -5,18 +5,23 @@ prune *one* prunable group at a time, at several ratios, leave the rest of the n
 untouched, evaluate, and record how much the metrics move. Groups whose metrics barely
 change are where a model can be cut; steep ones should be pruned gently or not at all.
 
-A "group" is one of the dependency groups :func:`~tinyexp.compress.prune.prune_l1`
-shrinks: a set of layers whose output channels must be removed together (a conv and
-nothing else in a plain chain; the embedding and every residual writer of a transformer;
-an LSTM's hidden units). Each group is pruned by calling ``prune_l1`` itself on a deep
-copy with every width layer outside the group ignored, so the channel ranking, the LSTM
-and attention handling and torch-pruning's quirks are exactly those of the real pruning
-path, and only that group's widths change (checked after every prune).
+A "group" is one of the dependency groups
+:func:`~tinyexp.compress.prune.prune_structured` shrinks: a set of layers whose output
+channels must be removed together (a conv and nothing else in a plain chain; the embedding
+and every residual writer of a transformer; an LSTM's hidden units). Each group is pruned by
+calling ``prune_structured`` itself (L1 ranking) on a deep copy with every width layer
+outside the group ignored, so the channel ranking, the LSTM and attention handling and
+torch-pruning's quirks are exactly those of the real pruning path, and only that group's
+widths change (checked after every prune).
 
-Rows follow ``prune_l1``'s rounding: torch-pruning keeps ``int(width * (1 - ratio))``
+Rows follow ``prune_structured``'s rounding: torch-pruning keeps ``int(width * (1 - ratio))``
 channels of a group, so any ratio removes at least one channel, and a ratio that would
 keep none leaves the group unpruned (``kept == width``; for attention the count is per
 head: 4 heads of 8 dims stay untouched above ratio 0.875).
+
+The ``macs`` of every row are counted on the ONNX export of the (pruned) copy, with the
+same counter and opset as the pipeline's ``<stage>/macs``
+(:func:`~tinyexp.measure.cost.net_macs`), so the reference row matches ``baseline/macs``.
 """
 
 from __future__ import annotations
@@ -29,17 +34,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from tinyexp.compress.prune import (
     _WIDTH_LAYERS,
-    count_macs,
-    count_params,
     dependency_graph,
     layer_widths,
-    output_layers,
-    prune_l1,
+    prune_structured,
+    unprunable_layers,
 )
+from tinyexp.compress.tp_patches import L1Importance
+from tinyexp.measure.cost import count_params, net_macs
 
 __all__ = ["PrunableGroup", "layer_sensitivity", "prunable_groups"]
 
@@ -49,7 +53,7 @@ _COLUMNS = ("group", "layers", "width", "kept", "ratio", "params", "macs")
 
 @dataclass
 class PrunableGroup:
-    """One dependency group ``prune_l1`` shrinks as a unit.
+    """One dependency group ``prune_structured`` shrinks as a unit.
 
     Attributes:
         name: The group's root layer: the first of ``layers`` in module order, e.g.
@@ -64,26 +68,15 @@ class PrunableGroup:
     width: int
 
 
-def _unprunable(net: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
-    """Layers whose output channels ``prune_l1`` never prunes (the same rule it applies)."""
-    return [
-        *output_layers(graph),
-        *(
-            m for m in net.modules()
-            if isinstance(m, nn.LSTM) and (m.bidirectional or m.proj_size > 0)
-        ),
-    ]
-
-
 def prunable_groups(net: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:
-    """The dependency groups ``prune_l1`` would shrink, in network order.
+    """The dependency groups ``prune_structured`` would shrink, in network order.
 
-    Traces ``net`` with torch-pruning's ``DependencyGraph`` (with our :class:`LSTMPruner`
-    and LSTM-aware tracing, as ``prune_l1`` does) and lists every group rooted at a
-    Conv/Linear/LSTM layer. Groups containing an output layer (their width fixes the
-    output shape) or a layer ``prune_l1`` ignores (bidirectional / projected LSTMs) are
-    excluded. Groups are ordered by their root's position in ``net.named_modules()``,
-    which is the order the layers run in for every model in :mod:`tinyexp.models`.
+    Traces ``net`` with :func:`~tinyexp.compress.prune.dependency_graph` (as
+    ``prune_structured`` does) and lists every group rooted at a Conv/Linear/LSTM layer.
+    Groups containing a layer of :func:`~tinyexp.compress.prune.unprunable_layers` (output
+    layers, bidirectional / projected LSTMs) are excluded. Groups are ordered by their
+    root's position in ``net.named_modules()``, which is the order the layers run in for
+    every model in :mod:`tinyexp.models`.
 
     Args:
         net: The model; not modified (its train/eval mode is restored).
@@ -93,7 +86,7 @@ def prunable_groups(net: nn.Module, example_input: torch.Tensor) -> list[Prunabl
         One :class:`PrunableGroup` per prunable group.
     """
     was_training = net.training
-    net.eval()  # dropout off while tracing, like prune_l1
+    net.eval()  # dropout off while tracing, like prune_structured
     try:
         graph = dependency_graph(net, example_input)
     finally:
@@ -105,7 +98,7 @@ def prunable_groups(net: nn.Module, example_input: torch.Tensor) -> list[Prunabl
     widths = layer_widths(net)
     groups: list[PrunableGroup] = []
     for group in graph.get_all_groups(
-        ignored_layers=_unprunable(net, graph), root_module_types=_WIDTH_LAYERS
+        ignored_layers=unprunable_layers(net, graph), root_module_types=_WIDTH_LAYERS
     ):
         members: list[nn.Module] = []
         for dep, _ in group:
@@ -142,9 +135,10 @@ def _metrics(evaluate: Callable[[nn.Module], dict[str, float]], net: nn.Module) 
 
 
 def _row(
-    group: str, layers: str, width: int, kept: int, ratio: float, params: int, macs: int,
+    group: str, layers: str, width: int, kept: int, ratio: float, cost: tuple[int, int],
     metrics: dict[str, float], baseline: dict[str, float],
 ) -> dict[str, Any]:
+    params, macs = cost
     row: dict[str, Any] = {
         "group": group, "layers": layers, "width": int(width), "kept": int(kept),
         "ratio": float(ratio), "params": int(params), "macs": int(macs), **metrics,
@@ -154,13 +148,18 @@ def _row(
     return row
 
 
+def _cost(net: nn.Module, example_input: torch.Tensor, opset: int) -> tuple[int, int]:
+    """Parameters and MACs (on the ONNX export, as the pipeline counts them) of ``net``."""
+    return count_params(net), net_macs(net, example_input, opset=opset)
+
+
 def _prune_group(
     net: nn.Module, example_input: torch.Tensor, group: PrunableGroup, ratio: float
-) -> tuple[nn.Module, int, int]:
+) -> nn.Module:
     """Prune ``ratio`` of one group of ``net`` in place, leaving every other width as is.
 
-    Runs :func:`~tinyexp.compress.prune.prune_l1` with every width layer outside
-    ``group.layers`` ignored, so the ranking is exactly the one ``prune_l1`` uses.
+    Runs :func:`~tinyexp.compress.prune.prune_structured` (L1 ranking) with every width layer
+    outside ``group.layers`` ignored, so the ranking is exactly the one the pruning stage uses.
 
     Args:
         net: The model (usually a deep copy); layers are looked up by ``group.layers`` name.
@@ -169,7 +168,7 @@ def _prune_group(
         ratio: Fraction of the group's channels to remove, ``0 < ratio < 1``.
 
     Returns:
-        ``net``, its parameter count and its MACs per sample after pruning.
+        ``net``.
 
     Raises:
         ValueError: If ``ratio`` is out of range or a layer of ``group`` is not in ``net``.
@@ -185,14 +184,16 @@ def _prune_group(
         m for name, m in modules.items() if isinstance(m, _WIDTH_LAYERS) and name not in inside
     ]
     before = layer_widths(net)
-    _, report = prune_l1(net, example_input, ratio, ignored_layers=others)
+    _, report = prune_structured(
+        net, example_input, ratio, importance=L1Importance(), ignored_layers=others
+    )
     changed = {name for name, w in report.widths_after.items() if before.get(name) != w}
     if not changed <= inside:
         raise RuntimeError(
             f"pruning group {group.name!r} also changed {sorted(changed - inside)}: "
             "torch-pruning coupled it with another group"
         )
-    return net, report.params_after, report.macs_after
+    return net
 
 
 def layer_sensitivity(
@@ -201,31 +202,35 @@ def layer_sensitivity(
     evaluate: Callable[[nn.Module], dict[str, float]],
     ratios: Sequence[float],
     finetune: Callable[[nn.Module], None] | None = None,
+    *,
+    opset: int,
 ) -> list[dict[str, Any]]:
     """Prune each prunable group alone at each ratio and measure what it costs.
 
     For each group of :func:`prunable_groups` and each ratio: deep-copy ``net``, prune
-    only that group by ``ratio`` (L1, same ranking as ``prune_l1``), optionally
+    only that group by ``ratio`` (L1, same ranking as the pruning stage), optionally
     ``finetune(copy)``, then ``evaluate(copy)``. The reference row evaluates a copy of
     the unpruned network, without finetuning. ``net`` itself is never modified.
 
     Args:
         net: The trained model to analyse; left untouched (weights and train/eval mode).
-        example_input: A batch the model accepts, used for tracing and MAC counting.
+        example_input: A batch the model accepts, used for tracing and for the ONNX export
+            the MACs are counted on.
         evaluate: ``evaluate(model) -> {"metric": value, ...}``; receives a model in
             ``net``'s train/eval mode, so set the mode it needs (usually ``eval()``).
         ratios: Fractions of a group's channels to remove, each ``0 < ratio < 1``.
         finetune: Called as ``finetune(copy)`` once per (group, ratio) after pruning,
             before evaluating; the copy is put back into ``net``'s mode afterwards.
+        opset: ONNX opset of the exports the MACs are counted on (``measure.opset``).
 
     Returns:
         Plain dict rows: first the unpruned network (``group`` ``"(none)"``, ratio 0.0,
         empty ``layers``, ``width`` and ``kept`` 0), then group by group, ratio by
         ratio. Keys: ``group`` (root layer name), ``layers`` (the group's layer names
         joined by ``+``), ``width`` (root width before), ``kept`` (root width after),
-        ``ratio``, ``params``, ``macs`` (of the pruned copy), every metric returned by
-        ``evaluate`` and, for each metric ``m``, ``m_delta`` = value minus the unpruned
-        value (0.0 in the reference row).
+        ``ratio``, ``params``, ``macs`` (of the pruned copy, before finetuning, which does
+        not change them), every metric returned by ``evaluate`` and, for each metric
+        ``m``, ``m_delta`` = value minus the unpruned value (0.0 in the reference row).
 
     Raises:
         ValueError: If a ratio is not in ``(0, 1)`` or ``evaluate`` returns a metric
@@ -236,23 +241,22 @@ def layer_sensitivity(
     groups = prunable_groups(net, example_input)
 
     reference = copy.deepcopy(net)
-    params, macs = count_params(reference), count_macs(reference, example_input)
-    reference.train(was_training)
+    cost = _cost(reference, example_input, opset)
     baseline = _metrics(evaluate, reference)
     del reference
-    rows = [_row(NO_GROUP, "", 0, 0, 0.0, params, macs, baseline, baseline)]
+    rows = [_row(NO_GROUP, "", 0, 0, 0.0, cost, baseline, baseline)]
 
     for group in groups:
         for ratio in ratios:
-            pruned = copy.deepcopy(net)
-            pruned, params, macs = _prune_group(pruned, example_input, group, ratio)
+            pruned = _prune_group(copy.deepcopy(net), example_input, group, ratio)
+            cost = _cost(pruned, example_input, opset)
             if finetune is not None:
                 finetune(pruned)
                 pruned.train(was_training)
             kept = layer_widths(pruned)[group.name]
             metrics = _metrics(evaluate, pruned)
             rows.append(_row(
-                group.name, "+".join(group.layers), group.width, kept, ratio, params, macs,
+                group.name, "+".join(group.layers), group.width, kept, ratio, cost,
                 metrics, baseline,
             ))
     net.train(was_training)

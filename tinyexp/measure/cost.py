@@ -1,16 +1,19 @@
 """Cost of a model as deployed: parameters, MACs, file size and latency of its ONNX artifact.
 
 Every figure comes from the exported file or from timing it in ONNX Runtime, so float, pruned
-and quantized stages are measured the same way.
+and quantized stages are measured the same way. MACs have one definition, :func:`onnx_macs` on
+the graph; a network in PyTorch is counted through its export (:func:`net_macs`), so a figure
+computed before deployment (the per-layer sensitivity analysis) matches the artifact's.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,41 +21,42 @@ import onnx
 import torch
 from torch import nn
 
+from tinyexp.files import atomic_write
+
 
 def count_params(net: nn.Module) -> int:
     """Number of parameters (weights and biases) of a network."""
     return sum(p.numel() for p in net.parameters())
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17,
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int,
                 compact: bool = True) -> Path:
     """Export ``net`` to ONNX for batch-1 inference; the file appears whole or not at all.
 
     Shapes are static, as a microcontroller runtime wants them. ``compact`` shortens the names
     (see ``compact_onnx``); keep them for a file that goes on to ONNX Runtime's quantizer,
-    which trips over some renamed transformer graphs.
+    which trips over some renamed transformer graphs. ``net`` is exported in eval mode and its
+    train/eval mode restored afterwards.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    net = net.eval()
-    try:
+
+    def write(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The TorchScript exporter: fast, and its graphs are what ONNX Runtime's quantization
             # tools expect (the dynamo exporter works too but takes seconds per model).
             torch.onnx.export(
-                net, (example,), tmp, dynamo=False, opset_version=opset,
+                net, (example,), str(tmp), dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"],
             )
         if compact:
-            compact_onnx(Path(tmp))
-        os.replace(tmp, path)
+            compact_onnx(tmp)
+
+    was_training = net.training
+    net.eval()
+    try:
+        return atomic_write(path, write)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        net.train(was_training)
 
 
 def compact_onnx(path: Path) -> Path:
@@ -90,23 +94,26 @@ def compact_onnx(path: Path) -> Path:
     kept = [o for o in model.opset_import if o.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(kept)
-    tmp = Path(path).with_suffix(".compact.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-    return Path(path)
+    return atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
 
 
-def _optimized(path: Path, out: Path) -> Path:
-    """The graph as ONNX Runtime will execute it on the CPU (QDQ pairs fused into integer
-    kernels, constants folded), without hardware-specific layout changes."""
+@contextmanager
+def ort_optimized(path: Path) -> Iterator[Path]:
+    """A temporary copy of the graph as ONNX Runtime will execute it on the CPU.
+
+    QDQ pairs are fused into integer kernels and constants folded (extended optimizations),
+    without hardware-specific layout changes. The file lives until the ``with`` block ends.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(out)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return out
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(out)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        yield out
 
 
 def _run_every_tensor(path: Path) -> dict[str, np.ndarray]:
@@ -152,8 +159,7 @@ def peak_activation_bytes(path: Path) -> int:
     runtime that plans memory this way. It is read off the graph ONNX Runtime executes, so a
     QDQ model's activations count at their integer width.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = _optimized(path, Path(tmp) / "optimized.onnx")
+    with ort_optimized(path) as optimized:
         graph = onnx.load(str(optimized)).graph
         tensors = _run_every_tensor(optimized)
     stored = {init.name for init in graph.initializer}
@@ -188,7 +194,7 @@ _MAC_OPS = {
 }
 
 
-def count_macs(path: Path) -> int:
+def onnx_macs(path: Path) -> int:
     """Multiply-accumulates of one batch-1 inference, read off the ONNX graph.
 
     Counts Conv, ConvTranspose, Gemm, MatMul (attention's QK^T and AV included) and LSTM, and
@@ -205,7 +211,7 @@ def count_macs(path: Path) -> int:
 
         def shape(name: str, node: onnx.NodeProto = node) -> list[int]:
             if known.get(name) is None:  # never count an unknown shape as zero
-                raise ValueError(f"count_macs: no shape for {name!r} (input of {node.op_type} "
+                raise ValueError(f"onnx_macs: no shape for {name!r} (input of {node.op_type} "
                                  f"{node.name!r})")
             return known[name]
 
@@ -226,6 +232,16 @@ def count_macs(path: Path) -> int:
     return macs
 
 
+def net_macs(net: nn.Module, example: torch.Tensor, opset: int) -> int:
+    """MACs of one batch-1 inference of ``net``: :func:`onnx_macs` of its ONNX export.
+
+    The export is the one the pipeline measures (:func:`export_onnx` at ``opset``), made in a
+    temporary folder; ``net`` and its train/eval mode are left as they were.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return onnx_macs(export_onnx(net, example[:1], Path(tmp) / "net.onnx", opset=opset))
+
+
 def ort_session(path: Path, threads: int = 1):
     """An ONNX Runtime CPU session; one thread by default, as on a single-core MCU."""
     import onnxruntime as ort
@@ -238,8 +254,11 @@ def ort_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(path: Path, example: np.ndarray, warmup: int = 20, runs: int = 200) -> dict:
-    """Median and 90th percentile of batch-1, single-thread inference time in ONNX Runtime."""
+def latency_ms(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> dict:
+    """Median and 90th percentile of batch-1, single-thread inference time in ONNX Runtime.
+
+    ``warmup`` untimed runs first, then ``runs`` timed ones (``measure.latency_*`` in the config).
+    """
     session = ort_session(path)
     name = session.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(example[:1], dtype=np.float32)}
@@ -256,17 +275,17 @@ def latency_ms(path: Path, example: np.ndarray, warmup: int = 20, runs: int = 20
     }
 
 
-def artifact_cost(path: Path, example: np.ndarray, warmup: int = 20, runs: int = 200) -> dict:
+def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> dict:
     """MACs, file size, memory and latency of an ONNX artifact.
 
     ``flash_bytes`` is the deployable file (graph and weights), what a target's flash must hold;
-    ``ram_bytes`` is ``peak_activation_bytes``.
+    ``ram_bytes`` is ``peak_activation_bytes``; ``warmup`` and ``runs`` go to ``latency_ms``.
     """
     size = Path(path).stat().st_size
     return {
-        "macs": count_macs(path),
+        "macs": onnx_macs(path),
         "size_bytes": size,
         "flash_bytes": size,
         "ram_bytes": peak_activation_bytes(path),
-        **latency_ms(path, example, warmup, runs),
+        **latency_ms(path, example, warmup=warmup, runs=runs),
     }

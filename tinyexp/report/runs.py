@@ -1,7 +1,5 @@
-"""Report inputs: selecting and reading experiment runs, and the raw table rows.
-
-Part of :mod:`tinyexp.report` (which re-exports these names). Only the standard library is
-imported at module level: OmegaConf and MLflow load on use.
+"""Report inputs: selecting and reading experiment runs (:class:`Record`), and the raw rows
+of the table. OmegaConf and MLflow load on use.
 """
 
 from __future__ import annotations
@@ -14,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tinyexp.config import ALL_TASK_METRICS
+from tinyexp.measure import changes
 
 # A run's last stage holds the deployable artifact: it is the one the table reports.
 STAGES = ("baseline", "pruned", "quantized")
 LOWER_IS_BETTER = frozenset({"mse", "far", "mar"})
-# Cost columns: (metric key, table header). The change is relative to the float baseline.
+# Cost columns: (metric key, table header). The change is the reduction against the float
+# baseline (positive = smaller or faster), as in tinyexp.measure.changes.
 COSTS = (("params", "params"), ("macs", "MACs"), ("latency_ms", "latency ms"),
          ("size_bytes", "size B"), ("flash_bytes", "flash B"), ("ram_bytes", "RAM B"))
 _QUANT_ORDER = ("none", "dynamic", "fp16", "int16x8", "int8", "qat")
@@ -89,7 +89,7 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
     """
     from omegaconf import OmegaConf
 
-    from tinyexp.config import describe
+    from tinyexp.config import describe, option_name
 
     records, missing = [], []
     # Hydra gives every job folder a .hydra/; our config.yaml appears once the job finishes.
@@ -103,10 +103,14 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
         cfg = OmegaConf.load(job / "config.yaml")
         metrics = {k: (math.nan if v is None else float(v))
                    for k, v in json.loads((job / "metrics.json").read_text()).items()}
+        # a stage group left out (none) is null in the job's config
+        prune, quant = cfg.get("prune") or {}, cfg.get("quant") or {}
         records.append(Record(
             name=describe(cfg), dataset=cfg.dataset.name, arch=cfg.arch.name,
-            prune=cfg.prune.name, ratio=_ratio(cfg.prune.name, cfg.prune.get("ratio")),
-            quant=_quant(cfg.quant.name, cfg.quant.get("weight_bits"), cfg.quant.get("act_bits")),
+            prune=option_name(cfg, "prune"),
+            ratio=_ratio(option_name(cfg, "prune"), prune.get("ratio")),
+            quant=_quant(option_name(cfg, "quant"), quant.get("weight_bits"),
+                         quant.get("act_bits")),
             metrics=metrics))
     return records, missing
 
@@ -134,7 +138,8 @@ def sweep_parent(tracking_uri: str | None, experiment: str,
         raise ReportError(f"--sweep: {folder} is not a multirun folder logged to MLflow "
                           "(no .mlflow_parent_run_id in it); pass a folder under multirun/, "
                           "or 'latest'")
-    return id_file.read_text().strip(), f"{folder.parent.name}/{folder.name}", folder
+    label = f"{folder.resolve().parent.name}/{folder.resolve().name}"  # also for "sweep" or "."
+    return id_file.read_text().strip(), label, folder
 
 
 def tag_filter(tags: Sequence[str]) -> str:
@@ -163,25 +168,24 @@ def task_metrics(records: list[Record], requested: Sequence[str] | None = None) 
     return [m for m in ("f1", "mse", "accuracy") if m in have] or sorted(have)[:1]
 
 
-def _change_pct(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None or base == 0 or not math.isfinite(value + base):
-        return None
-    return 100.0 * (value - base) / abs(base)
-
-
-def _quant_rank(quant: str) -> tuple[int, str]:
+def quant_rank(quant: str) -> tuple[int, str]:
     mode = quant.split("-", 1)[0]  # qat-w4a8 ranks with qat
     return (_QUANT_ORDER.index(mode) if mode in _QUANT_ORDER else len(_QUANT_ORDER), quant)
 
 
-def _sort_key(record: Record) -> tuple:
-    return record.dataset, record.arch, record.ratio, _quant_rank(record.quant), record.name
+def sort_key(record: Record) -> tuple:
+    return record.dataset, record.arch, record.ratio, quant_rank(record.quant), record.name
 
 
 def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, Any]]:
-    """One row of raw numbers per run: the CSV, and what the other formats print."""
+    """One row of raw numbers per run: the CSV, and what the other formats print.
+
+    Next to each value: ``<metric>_delta`` (stage - baseline) for task metrics and
+    ``<cost>_reduction_pct`` (positive = smaller or faster) for costs, against the run's own
+    float baseline.
+    """
     rows = []
-    for r in sorted(records, key=_sort_key):
+    for r in sorted(records, key=sort_key):
         row: dict[str, Any] = {"run": r.name, "dataset": r.dataset, "arch": r.arch,
                                "prune": r.prune, "ratio": r.ratio, "quant": r.quant,
                                "stage": r.stage}
@@ -189,11 +193,11 @@ def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, 
             value, base = r.final(name), r.base(name)
             row[f"baseline_{name}"] = base
             row[name] = value
-            row[f"{name}_delta"] = None if value is None or base is None else value - base
+            row[f"{name}_delta"] = changes.delta(base, value)
         for key, _ in COSTS:
             row[f"baseline_{key}"] = r.base(key)
             row[key] = r.final(key)
-            row[f"{key}_change_pct"] = _change_pct(r.final(key), r.base(key))
+            row[f"{key}_reduction_pct"] = changes.reduction_pct(r.base(key), r.final(key))
         row["run_id"] = r.run_id
         rows.append(row)
     return rows

@@ -1,6 +1,7 @@
-"""Report tables: number formatting and the Markdown, CSV, HTML and console tables.
+"""Report tables: the Markdown, CSV, HTML and console (compact) tables of the runs.
 
-Part of :mod:`tinyexp.report` (which re-exports these names).
+Numbers are formatted by :func:`tinyexp.summary.fmt_number` and changes against the baseline
+by :func:`tinyexp.summary.fmt_reduction`, as in the console table of a single run.
 """
 
 from __future__ import annotations
@@ -9,26 +10,34 @@ import base64
 import csv
 import html
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyexp.report_runs import COSTS, Record, _change_pct, _sort_key
-from tinyexp.summary import fmt_number
+from tinyexp.files import atomic_write
+from tinyexp.measure import changes
+from tinyexp.report.runs import COSTS, Record, sort_key
+from tinyexp.summary import fmt_number, fmt_reduction
+
+# Said under every table: which change the brackets hold, and its sign.
+CHANGE_NOTE = ("Final stage of each run; in brackets the change against the run's own float "
+               "baseline: task metrics stage - baseline, costs percent smaller (or larger; "
+               "faster or slower for latency).")
 
 
 def _cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """A row as display cells: value with its change against the baseline in brackets."""
-    prune = "none" if row["prune"] == "none" else f"{row['prune']} {row['ratio']:g}"
+    prune = "none" if row["prune"] == "none" else f"{row['prune']} {fmt_number(row['ratio'])}"
     cells = [row["run"], row["arch"], prune, row["quant"]]
     is_base = row["stage"] == "baseline"  # its own baseline: no change to show
     for name in metrics:
         delta = None if is_base else row[f"{name}_delta"]
-        cells.append(fmt_number(row[name]) + ("" if delta is None else f" ({delta:+.3f})"))
+        cells.append(fmt_number(row[name])
+                     + ("" if delta is None else f" ({fmt_number(delta, signed=True)})"))
     for key, _ in COSTS:
-        change = None if is_base else row[f"{key}_change_pct"]
-        cells.append(fmt_number(row[key]) + ("" if change is None else f" ({change:+.1f}%)"))
+        reduction = None if is_base else row[f"{key}_reduction_pct"]
+        cells.append(fmt_number(row[key])
+                     + ("" if reduction is None else f" ({fmt_reduction(reduction, key)})"))
     return cells
 
 
@@ -41,7 +50,7 @@ def to_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     lines += ["| " + " | ".join(_cells(row, metrics)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return CHANGE_NOTE + "\n\n" + "\n".join(lines) + "\n"
 
 
 def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -50,8 +59,7 @@ def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    _write_text(path, buffer.getvalue())
-    return path
+    return atomic_write(path, buffer.getvalue())
 
 
 def to_html(rows: list[dict[str, Any]], metrics: Sequence[str], title: str,
@@ -75,8 +83,7 @@ tr:nth-child(even) {{ background: #f6f6f6; }}
 img {{ max-width: 720px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Final stage of each run; in brackets the change against the run's own float baseline
-(task metrics: difference; costs: percent).</p>
+<p>{html.escape(CHANGE_NOTE)}</p>
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>
@@ -85,7 +92,7 @@ img {{ max-width: 720px; }}
 """
 
 
-def _align(lines: list[list[str]]) -> str:
+def align(lines: list[list[str]]) -> str:
     """Columns padded to width (first left, the rest right), between rules."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
@@ -95,45 +102,19 @@ def _align(lines: list[list[str]]) -> str:
     return "\n".join([rule, text[0], rule, *text[1:], rule])
 
 
-def layer_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The per-layer analysis in the terminal: one line per group, the metric change per ratio."""
-    ratios = sorted({r["ratio"] for r in rows if r["group"] != "(none)"})
-    base = next(r[metric] for r in rows if r["group"] == "(none)")
-    lines = [["group", "channels", *(f"d{metric} @{x:g}" for x in ratios)]]
-    for group in dict.fromkeys(r["group"] for r in rows if r["group"] != "(none)"):
-        mine = {r["ratio"]: r for r in rows if r["group"] == group}
-        first = next(iter(mine.values()))
-        lines.append([group, str(first["width"]), *(_layer_cell(mine.get(x), metric)
-                                                    for x in ratios)])
-    note = "; kept all: the ratio removes no channel of that group (rounding)" \
-        if any(cell == "kept all" for line in lines for cell in line) else ""
-    return f"per-layer sensitivity ({metric} unpruned: {base:.4g}{note})\n" + _align(lines)
-
-
-def _layer_cell(row: dict[str, Any] | None, metric: str) -> str:
-    if row is None:
-        return ""
-    if row["kept"] == row["width"]:
-        return "kept all"
-    return f"{row[f'{metric}_delta']:+.3f}"
-
-
 def compact_table(records: list[Record], metric: str) -> str:
-    """The console version: one line per run, the changes against the baseline."""
-    head = ["run", metric, f"d{metric}", "MACs", "size B", "flash B", "RAM B", "latency ms"]
-    lines = [head]
-    for r in sorted(records, key=_sort_key):
-        value, base = r.final(metric), r.base(metric)
-        no_change = value is None or base is None or r.stage == "baseline"
-        cells = [r.name, fmt_number(value), "" if no_change else f"{value - base:+.3f}"]
-        for key in ("macs", "size_bytes", "flash_bytes", "ram_bytes", "latency_ms"):
-            change = _change_pct(r.final(key), r.base(key))
-            cells.append(fmt_number(r.final(key)) + ("" if not change else f" {change:+.0f}%"))
+    """The console version: one line per run, the changes against its own baseline."""
+    costs = ("macs", "size_bytes", "flash_bytes", "ram_bytes", "latency_ms")
+    lines = [["run", metric, f"{metric} delta", "MACs", "size B", "flash B", "RAM B",
+              "latency ms"]]
+    for r in sorted(records, key=sort_key):
+        is_base = r.stage == "baseline"  # its own baseline: no change to show
+        delta = None if is_base else changes.delta(r.base(metric), r.final(metric))
+        cells = [r.name, fmt_number(r.final(metric)),
+                 "" if delta is None else fmt_number(delta, signed=True)]
+        for key in costs:
+            reduction = None if is_base else changes.reduction_pct(r.base(key), r.final(key))
+            cells.append(fmt_number(r.final(key)) + (
+                "" if reduction is None else f" {fmt_reduction(reduction, key, decimals=0)}"))
         lines.append(cells)
-    return _align(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return align(lines)

@@ -1,22 +1,23 @@
-"""Report plots: the three sensitivity report plots and the per-layer sensitivity plot.
-
-Part of :mod:`tinyexp.report` (which re-exports these names). matplotlib loads on use only.
+"""Report plots: the metric against pruning ratio and size (with the Pareto front), and
+latency against size. matplotlib loads on use only.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyexp.report_runs import LOWER_IS_BETTER, Record, _quant_rank
+from tinyexp.files import atomic_write
+from tinyexp.report.runs import LOWER_IS_BETTER, Record, quant_rank
+from tinyexp.summary import fmt_number
 
 PLOTS = ("metric_vs_ratio.png", "metric_vs_size.png", "latency_vs_size.png")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing into files (the Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here, and none needed
@@ -40,7 +41,7 @@ def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool) -
 
 def _styles(records: list[Record]) -> tuple[dict[str, str], dict[str, str]]:
     archs = sorted({r.arch for r in records})
-    quants = sorted({r.quant for r in records}, key=_quant_rank)
+    quants = sorted({r.quant for r in records}, key=quant_rank)
     colors = {a: f"C{i % 10}" for i, a in enumerate(archs)}
     markers = {q: "osD^v<>ph*"[i % 10] for i, q in enumerate(quants)}
     return colors, markers
@@ -52,11 +53,11 @@ def _bytes_axis(ax: Any) -> None:
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g} kB"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{fmt_number(x / 1000)} kB"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _metric_label(metric: str) -> str:
+def metric_label(metric: str) -> str:
     return f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)"
 
 
@@ -67,7 +68,7 @@ def _size(record: Record) -> float | None:
 def plot_metric_vs_ratio(records: list[Record], metric: str, path: Path) -> Path:
     """Sensitivity curves: the final metric against the pruning ratio, one line per
     architecture and quantization; the float baseline is the point at ratio 0."""
-    plt = _pyplot()
+    plt = pyplot()
     colors, markers = _styles(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arch in colors:
@@ -86,16 +87,16 @@ def plot_metric_vs_ratio(records: list[Record], metric: str, path: Path) -> Path
             ax.plot(xs, ys, marker=markers[quant], color=colors[arch],
                     linestyle="-" if quant == "none" else "--", label=f"{arch} / {quant}")
     ax.set_xlabel("pruning ratio (share of channels removed per group)")
-    ax.set_ylabel(_metric_label(metric))
+    ax.set_ylabel(metric_label(metric))
     ax.set_title(f"{metric} against pruning ratio")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_metric_vs_size(records: list[Record], metric: str, path: Path) -> Path:
     """The final metric against the deployable file size, the Pareto front marked."""
-    plt = _pyplot()
+    plt = pyplot()
     colors, markers = _styles(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = [(r, _size(r), r.final(metric)) for r in records]
@@ -127,16 +128,16 @@ def plot_metric_vs_size(records: list[Record], metric: str, path: Path) -> Path:
                            linestyle="-", label="Pareto front")]
     _bytes_axis(ax)
     ax.set_xlabel("flash size of the deployable file (log scale)")
-    ax.set_ylabel(_metric_label(metric))
+    ax.set_ylabel(metric_label(metric))
     ax.set_title(f"{metric} against size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(handles=handles, fontsize="small", ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_latency_vs_size(records: list[Record], path: Path) -> Path:
     """Median latency (bar up to p90) against file size, per architecture and quantization."""
-    plt = _pyplot()
+    plt = pyplot()
     colors, markers = _styles(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in records:
@@ -155,39 +156,17 @@ def plot_latency_vs_size(records: list[Record], path: Path) -> Path:
     ax.set_title("latency against size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(handles=handles, fontsize="small", ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def plot_layer_sensitivity(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    """Per-layer sensitivity: the metric against the ratio, one line per prunable group
-    pruned alone (rows of :func:`tinyexp.compress.sensitivity.layer_sensitivity`)."""
-    plt = _pyplot()
-    base = next(r[metric] for r in rows if r["group"] == "(none)")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = [g for g in dict.fromkeys(r["group"] for r in rows) if g != "(none)"]
-    for i, group in enumerate(groups):
-        # a ratio that removes no channel (rounding) measures nothing: leave its point out
-        mine = sorted((r for r in rows if r["group"] == group and r["kept"] < r["width"]),
-                      key=lambda r: r["ratio"])
-        if not mine:
-            continue
-        ax.plot([0.0] + [r["ratio"] for r in mine], [base] + [r[metric] for r in mine],
-                marker="o", color=f"C{i % 10}", label=f"{group} ({mine[0]['width']} ch)")
-    ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="unpruned")
-    ax.set_xlabel("pruning ratio of this group alone (no fine-tuning unless configured)")
-    ax.set_ylabel(_metric_label(metric))
-    ax.set_title(f"per-layer sensitivity: {metric}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        # the temporary file ends in .tmp: name the format
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -1,15 +1,19 @@
-"""torch-pruning support for ``nn.LSTM``, used by :mod:`tinyexp.compress.prune`.
+"""What torch-pruning 1.6.1 lacks for our models, patched or added from outside.
 
-torch-pruning 1.6.1's built-in LSTM handler is broken (asserts on multi-layer LSTMs,
-prunes the wrong axis of ``weight_ih``) and its tracer misreads the plain CPU LSTM
-kernel. This module holds the replacements:
+:mod:`tinyexp.compress.prune` runs the pruning procedure on torch-pruning (``tp``); every
+workaround for a gap in ``tp`` lives here, so the procedure reads as plain ``tp`` usage and
+the patches can be dropped one by one when ``tp`` fixes them:
 
-* :class:`LSTMPruner`: the pruning handler (hidden units and input features).
-* ``_traceable_forward``: a ``forward_fn`` for tp's tracer that makes every LSTM one
-  opaque graph node.
-* ``_lstm_unit_l1`` / ``_lstm_input_l1``: per-unit / per-input L1 scores, used by
-  :class:`~tinyexp.compress.prune.L1Importance`.
-* ``_lstm_macs_hook``: a MAC-counter hook that honours ``batch_first``.
+* ``nn.LSTM`` pruning: tp's built-in handler asserts on multi-layer LSTMs and prunes the
+  wrong axis of ``weight_ih``; :class:`LSTMPruner` replaces it.
+* ``nn.LSTM`` tracing: tp misreads the plain CPU LSTM kernel (it decomposes into per-gate
+  ops); :func:`traceable_forward` makes every LSTM one opaque graph node.
+* ``nn.LSTM`` scoring: tp's magnitude importance skips LSTM weights and returns ``None`` for
+  groups without Conv/Linear/norm weights, so tp silently leaves them unpruned (e.g. the
+  hidden units between two stacked LSTMs); :class:`L1Importance` scores them.
+* Attention: tp shrinks head dims only when told each ``qkv`` layer's head count, and never
+  updates the module's own ``num_heads``/``head_dim``; :func:`attention_modules` finds
+  modules in timm's layout and :func:`sync_heads` writes the new counts back.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 from torch_pruning.pruner.function import BasePruningFunc
-from torch_pruning.utils import op_counter
 
-__all__ = ["LSTMPruner"]
+__all__ = ["L1Importance", "LSTMPruner", "attention_modules", "sync_heads", "traceable_forward"]
+
+
+# --------------------------------------------------------------------------- LSTM handler
+
 
 def _directions(lstm: nn.LSTM) -> list[str]:
     """Parameter-name suffix of each direction: ``weight_ih_l0`` / ``weight_ih_l0_reverse``."""
@@ -45,9 +53,18 @@ class LSTMPruner(BasePruningFunc):
 
     TARGET_MODULES = nn.LSTM
 
+    @staticmethod
+    def prunes_hidden_units(lstm: nn.LSTM) -> bool:
+        """Whether this handler can remove hidden units of ``lstm``.
+
+        A bidirectional output is ``[fwd H | bwd H]`` and a projected one has ``proj_size``
+        features: neither maps one output channel to one hidden unit, so such LSTMs must be
+        passed to tp as ignored layers.
+        """
+        return not lstm.bidirectional and lstm.proj_size == 0
+
     def prune_out_channels(self, layer: nn.LSTM, idxs: Sequence[int]) -> nn.Module:
-        if layer.bidirectional or layer.proj_size > 0:
-            # a bidirectional output is [fwd H | bwd H]; prune_l1 keeps these unpruned
+        if not self.prunes_hidden_units(layer):
             raise NotImplementedError(
                 "LSTMPruner only prunes hidden units of uni-directional LSTMs without proj_size"
             )
@@ -93,6 +110,9 @@ def _refresh_flat_weights(lstm: nn.LSTM) -> None:
     lstm.flatten_parameters()
 
 
+# --------------------------------------------------------------------------- LSTM tracing
+
+
 class _OpaqueRNN(torch.autograd.Function):
     """Identity on an LSTM's outputs whose only graph input is the LSTM's input.
 
@@ -115,7 +135,7 @@ class _OpaqueRNN(torch.autograd.Function):
         return (None,) * (len(grads) + 2)  # tracing only: never differentiated
 
 
-def _traceable_forward(net: nn.Module, example_input: torch.Tensor):
+def traceable_forward(net: nn.Module, example_input: torch.Tensor):
     """``forward_fn`` for tp's tracer: run ``net`` with every LSTM made opaque."""
     lstms = [m for m in net.modules() if isinstance(m, nn.LSTM)]
 
@@ -138,7 +158,10 @@ def _traceable_forward(net: nn.Module, example_input: torch.Tensor):
         return net(example_input)
     finally:
         for m in lstms:
-            del m.forward  # never leave the patch behind (it would be pickled by save_pruned)
+            del m.forward  # never leave the patch behind (a deepcopy or pickle would keep it)
+
+
+# --------------------------------------------------------------------------- LSTM scoring
 
 
 def _lstm_unit_l1(lstm: nn.LSTM, p: int) -> torch.Tensor:
@@ -166,20 +189,71 @@ def _lstm_input_l1(lstm: nn.LSTM, p: int) -> torch.Tensor:
     return score
 
 
-def _lstm_macs_hook(lstm: nn.LSTM, inputs: tuple, output) -> None:
-    # tp's stock hook reads (batch, seq) from input[0][0].shape, which is wrong for
-    # batch_first inputs; take them from the right axes and reuse tp's per-step count.
-    x = inputs[0]
-    if isinstance(x, nn.utils.rnn.PackedSequence):
-        steps = x.data.shape[0]
-    elif x.dim() == 2:
-        steps = x.shape[0]
-    else:
-        steps = x.shape[0] * x.shape[1]  # batch * time, whichever is first
-    per_step = 0
-    for k in range(lstm.num_layers):
-        w_ih, w_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
-        per_step = op_counter.rnn_flops(per_step, lstm, w_ih, w_hh, w_ih.shape[1])
-        if lstm.bias:
-            per_step += 2 * getattr(lstm, f"bias_ih_l{k}").shape[0]  # bias_ih + bias_hh
-    lstm.__flops__ += int(per_step * steps * (2 if lstm.bidirectional else 1))
+class L1Importance(tp.importance.GroupMagnitudeImportance):
+    """tp's group L1 importance (``GroupMagnitudeImportance(p=1)``) that also scores LSTMs.
+
+    The stock class only reads Conv/Linear/BatchNorm/LayerNorm weights and returns
+    ``None`` for groups without any, which makes the pruner skip them silently — e.g.
+    the hidden units between two stacked LSTMs. Here LSTM scores join the others
+    before tp's own reduction (mean over layers) and normalisation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(p=1)
+        self._lstm_terms: list[tuple[torch.Tensor, list[int]]] = []
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        self._lstm_terms = []
+        for item in group:
+            layer, fn = item.dep.layer, item.dep.pruning_fn
+            if not isinstance(layer, nn.LSTM):
+                continue
+            if getattr(fn, "__func__", None) is LSTMPruner.prune_out_channels:
+                local = _lstm_unit_l1(layer, self.p)
+            elif getattr(fn, "__func__", None) is LSTMPruner.prune_in_channels:
+                local = _lstm_input_l1(layer, self.p)
+            else:
+                continue
+            self._lstm_terms.append((local[item.idxs], item.root_idxs))
+        try:
+            imp = super().__call__(group)
+            if imp is None and self._lstm_terms:  # LSTM-only group: tp bailed out before reducing
+                imp = self._normalize(self._reduce([], []), self.normalizer)
+            return imp
+        finally:
+            self._lstm_terms = []
+
+    def _reduce(self, group_imp: list[torch.Tensor], group_idxs: list[list[int]]):
+        terms = [t for t, _ in self._lstm_terms]
+        idxs = [i for _, i in self._lstm_terms]
+        return super()._reduce(terms + list(group_imp), idxs + list(group_idxs))
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_modules(net: nn.Module) -> dict[str, nn.Module]:
+    """Attention modules in timm's layout: a fused ``qkv`` Linear + ``num_heads``/``head_dim``.
+
+    Pass ``{m.qkv: m.num_heads}`` to tp's pruner so it shrinks every head alike, then call
+    :func:`sync_heads` after each step.
+    """
+    return {
+        name: m
+        for name, m in net.named_modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "num_heads", None), int)
+        and isinstance(getattr(m, "head_dim", None), int)
+    }
+
+
+def sync_heads(attention: dict[str, nn.Module], pruner: tp.pruner.BasePruner) -> None:
+    """Write the pruned head count and head size back into each attention module.
+
+    ``forward`` reshapes the ``qkv`` output with these two attributes; tp only updates its
+    own ``pruner.num_heads`` table.
+    """
+    for m in attention.values():
+        m.num_heads = pruner.num_heads[m.qkv]
+        m.head_dim = m.qkv.out_features // (3 * m.num_heads)

@@ -1,0 +1,32 @@
+"""The end of a multirun: the compact table, also when a job failed."""
+
+from __future__ import annotations
+
+from hydra.utils import get_class
+from support import TINY, compose, run_cli
+
+from tinyexp.report.callback import MultirunSummary
+
+
+def test_config_names_the_callback():
+    cfg = compose(hydra=True)
+    assert get_class(cfg.hydra.callbacks.summary._target_) is MultirunSummary
+
+
+def test_multirun_ends_with_the_compact_table(sweep):
+    _, result = sweep
+    summary = result.stdout[result.stdout.index("4 runs in"):]
+    for name in ("sensors-cnn-none-none", "sensors-cnn-l1@0.5-none", "sensors-lstm-none-none",
+                 "sensors-lstm-l1@0.5-none"):
+        assert name in summary
+    assert "% smaller" in summary  # the pruned runs, against their own baselines
+    assert "full report: tinyexp-report --sweep" in summary
+
+
+def test_failed_job_still_gets_the_summary_of_the_others(tmp_path):
+    # Lightning rejects the second accelerator inside its job; tinyexp does not check it.
+    result = run_cli(["-m", *TINY, "trainer.accelerator=cpu,no_such_device", "cache_dir=cache",
+                      "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode != 0
+    assert "1 run in" in result.stdout and "sensors-cnn-l1@0.5-none" in result.stdout
+    assert "jobs without results (failed, pruned by a search, or interrupted): 1" in result.stdout
