@@ -79,3 +79,16 @@ class L1Prune(StructuredPrune):
         from tinyexp.compress.tp_patches import L1Importance
 
         return L1Importance()
+
+
+@dataclass
+class RandomPrune(StructuredPrune):
+    """Channels chosen at random (from the run's seeded generator): the baseline criterion every
+    pruning paper compares with; a criterion that cannot beat it ranks nothing."""
+
+    name: str = "random"
+
+    def importance(self) -> Any:
+        import torch_pruning as tp
+
+        return tp.importance.RandomImportance()
