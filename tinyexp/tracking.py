@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tinyexp.files import atomic_write
+
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     """``{"prune": {"ratio": 0.5}}`` -> ``{"prune.ratio": "0.5"}`` (lists stay whole)."""
@@ -131,9 +133,7 @@ def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -
             "tinyexp.sweep_dir": str(sweep_dir.resolve())})
         # The parent only groups its children; closing it now means no crash can leave it open.
         client.set_terminated(run.info.run_id, "FINISHED")
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(run.info.run_id)
-        os.replace(tmp, id_file)
+        atomic_write(id_file, run.info.run_id)
         return run.info.run_id
 
 

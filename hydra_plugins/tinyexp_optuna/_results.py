@@ -7,7 +7,6 @@ the study's MLflow parent run (``_ResultsMixin``, a base class of ``TinyexpOptun
 
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -135,9 +134,7 @@ class _ResultsMixin:
                     ax = draw()
                 figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
                 figure.tight_layout()
-                tmp = path.with_name(f".{path.name}.tmp")
-                figure.savefig(tmp, format="png", dpi=110)
-                os.replace(tmp, path)
+                atomic_write(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110))
                 saved.append(path)
             except Exception as err:
                 log.warning("plot %s skipped: %s", filename, _error_text(err))

@@ -91,10 +91,6 @@ class _StudyMixin:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental API
             study.set_metric_names(self.objective_names)
-        # The jobs load the study by name; the pruner is not stored with it, so its config is.
-        study.set_user_attr("tinyexp.pruner", self.pruner_cfg or None)
-        study.set_user_attr("tinyexp.objectives", self.objective_names)
-        study.set_user_attr("tinyexp.constraints", self.constraints_cfg or [])
         return study, url, rdb
 
     def _reclaim_stale(self, study: Any) -> None:

@@ -232,7 +232,6 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study, url, rdb = self._open_study(study_name)
         self.storage_used = url
-        study.set_user_attr("tinyexp.fixed_overrides", space.fixed)
         self._mlflow_parent(study, study_name)
         self._reclaim_stale(study)
 
