@@ -86,3 +86,12 @@ def test_empty_skab_dir_is_rejected(compose_cfg, tmp_path):
     cfg = compose_cfg(["dataset=skab", f"dataset.data_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"^dataset\.data_dir:"):
         validate(cfg)
+
+
+def test_the_measure_defaults_are_the_schemas(compose_cfg):
+    """config.yaml shows the measure settings; the schema holds the same defaults."""
+    import dataclasses
+
+    from tinyexp.schemas import Measure
+
+    assert dict(compose_cfg().measure) == dataclasses.asdict(Measure())

@@ -17,23 +17,25 @@ import pytest
 from browser import (
     artifacts_dir,
     chrome,
+    keep_page_on_failure,
+    mlflow_server,
+    require_browser,
+    screenshot,
+    wait_for,
+)
+from mlflow_pages import (
     close_assistant,
     expand_run,
     image_sha256,
-    keep_page_on_failure,
     metric_cell,
     metric_chart,
     metric_headers,
-    mlflow_server,
-    require_browser,
     run_link,
     run_row,
-    screenshot,
     search_metric_charts,
     set_columns,
     shown_images,
     shows_value,
-    wait_for,
     widen_column,
 )
 from support import TINY, run_cli, run_report

@@ -12,12 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyexp.config import describe, option_name
 from tinyexp.files import atomic_write, write_json
+from tinyexp.stages.base import MODEL_STAGES
 from tinyexp.summary import fmt_number
 
 # Files of the job folder attached to its MLflow run, when the run wrote them.
 OUTPUT_FILES = ("config.yaml", "metrics.json", "baseline.onnx", "pruned.onnx", "quantized.onnx")
-# Stages that measure a deployable network, in order (an analysis measures none).
-MODEL_STAGES = ("baseline", "pruned", "quantized")
 
 
 @dataclass

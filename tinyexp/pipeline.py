@@ -28,7 +28,7 @@ from tinyexp.files import atomic_write
 from tinyexp.lit import train
 from tinyexp.measure.changes import stage_changes
 from tinyexp.measure.network import Measurer
-from tinyexp.stages.base import Context
+from tinyexp.stages.base import MODEL_STAGES, Context
 from tinyexp.summary import stage_table
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 tracker.set_tags(ctx.tags)
                 metrics.update(job.prefixed(stage.prefix, report))
                 final = stage.prefix if stage.yields_model else final
-        for stage in job.MODEL_STAGES[1:]:
+        for stage in MODEL_STAGES[1:]:
             if f"{stage}/params" in metrics:
                 metrics.update(stage_changes(metrics, stage, ALL_TASK_METRICS))
         job.save_outputs(this.out_dir, cfg, metrics)

@@ -8,6 +8,8 @@ raise (``_SettingsError``), and ``_fmt`` for numbers in progress lines.
 from dataclasses import dataclass
 from typing import Any, List, Mapping
 
+from tinyexp.summary import fmt_number
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -64,11 +66,7 @@ def _constraints(items: Any) -> List[Constraint]:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
-        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.4g}"
+    return fmt_number(value)
 

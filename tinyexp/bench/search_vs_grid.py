@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from tinyexp.stages.base import MODEL_STAGES
+
 # The space both runs cover, and what both hold fixed: a CNN too wide for the tiny target
 # uncompressed, so feasibility is what the search has to find.
 RATIOS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -55,8 +57,7 @@ def grid(out: Path, extra: list[str]) -> dict:
     for job in sorted(sweep.glob("[0-9]*"), key=lambda p: int(p.name)):
         metrics = json.loads((job / "metrics.json").read_text())
         cfg = yaml.safe_load((job / "config.yaml").read_text())
-        stage = max((s for s in ("baseline", "pruned", "quantized") if f"{s}/f1" in metrics),
-                    key=("baseline", "pruned", "quantized").index)
+        stage = [s for s in MODEL_STAGES if f"{s}/f1" in metrics][-1]
         quant = cfg.get("quant") or {"name": "none"}  # quant=none is a null group
         points.append({"ratio": cfg["prune"]["ratio"], "quant": quant["name"],
                        "bits": quant.get("weight_bits"),

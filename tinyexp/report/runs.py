@@ -13,9 +13,10 @@ from typing import Any
 
 from tinyexp.config import ALL_TASK_METRICS
 from tinyexp.measure import changes
+from tinyexp.stages.base import MODEL_STAGES
 
 # A run's last stage holds the deployable artifact: it is the one the table reports.
-STAGES = ("baseline", "pruned", "quantized")
+STAGES = MODEL_STAGES
 LOWER_IS_BETTER = frozenset({"mse", "far", "mar"})
 # Cost columns: (metric key, table header). The change is the reduction against the float
 # baseline (positive = smaller or faster), as in tinyexp.measure.changes.

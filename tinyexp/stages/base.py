@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+# The stages that measure a deployable network, in run order (an analysis measures none).
+MODEL_STAGES = ("baseline", "pruned", "quantized")
+
 
 @dataclass
 class Context:
