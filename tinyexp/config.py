@@ -154,8 +154,13 @@ def option_name(cfg: Any, group: str) -> str:
 
 def describe(cfg: Any) -> str:
     """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
-    labels = [check_stage(g, cfg.get(g)).label() if cfg.get(g) is not None else "none"
-              for g in ("prune", "quant")]
+    labels = []
+    for group in ("prune", "quant"):
+        node = cfg.get(group)
+        if node is None or "_target_" not in node:  # off, or a job config older than the specs
+            labels.append(option_name(cfg, group))
+        else:
+            labels.append(check_stage(group, node).label())
     return "-".join([cfg.dataset.name, cfg.arch.name, *labels])
 
 

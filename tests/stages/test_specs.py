@@ -83,3 +83,10 @@ def test_every_stage_class_derives_from_stage():
     for group, option in BASE_OPTIONS:
         raw = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
         assert issubclass(type(check_stage(group, OmegaConf.create(raw))), Stage)
+
+
+def test_a_job_config_written_before_the_specs_still_gets_a_name():
+    """``tinyexp-report --sweep`` reads old job folders: their stage nodes have no _target_."""
+    old = OmegaConf.create({"dataset": {"name": "sensors"}, "arch": {"name": "cnn"},
+                            "prune": {"name": "l1", "ratio": 0.5}, "quant": {"name": "none"}})
+    assert describe(old) == "sensors-cnn-l1-none"
