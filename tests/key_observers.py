@@ -209,10 +209,41 @@ def observe_cache_dir(cfg, workdir):
     return ctx.tags["tinyexp.baseline_cache"]
 
 
+def observe_finetune(cfg, workdir):
+    # Two fine-tuning epochs of a fresh network, as the stages run them (ctx.fit): a schedule
+    # stepped per epoch acts from the second.
+    net = _net(cfg)
+    info = _ctx(cfg, workdir).fit(net, "probe", 2)
+    return {"weights": _digest(*[p.detach() for p in net.parameters()]), "curve": info["curve"]}
+
+
+def observe_distill(cfg, workdir):
+    # The stage makes the network the teacher of later fine-tunes: fine-tune a perturbed copy.
+    ctx = _ctx(cfg, workdir)
+    teacher, report = validate(cfg)["distill"].apply(_net(cfg), ctx)
+    student = _net(cfg)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(0.5)
+    info = ctx.fit(student, "probe", 1)
+    return {"weights": _digest(*[p.detach() for p in student.parameters()]),
+            "curve": info["curve"]}
+
+
+def _run(cfg, workdir):
+    """The whole job, small (no pruning), logged nowhere: what it returns to a sweeper."""
+    job_cfg = OmegaConf.to_container(cfg, resolve=True)
+    job_cfg.update({"prune": None, "logger": {"name": "none"}, "output_dir": str(workdir)})
+    result = pipeline.run(OmegaConf.create(job_cfg))
+    return {"objective": result["objective"], "keys": sorted(result["metrics"])}
+
+
 OBSERVERS = {
     "dataset": observe_dataset, "arch": observe_arch, "prune": observe_prune,
     "quant": observe_quant, "trainer": observe_trainer, "optim": observe_optim,
     "callbacks": observe_callbacks, "logger": observe_logger, "target": observe_target,
     "analysis": observe_analysis, "measure": observe_measure, "search": observe_search,
-    "seed": observe_seed, "cache_dir": observe_cache_dir,
+    "seed": observe_seed, "cache_dir": observe_cache_dir, "finetune": observe_finetune,
+    "distill": observe_distill,
+    "repeats": _run, "objective": _run,
 }

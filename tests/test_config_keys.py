@@ -46,6 +46,10 @@ PRESET_GROUPS = {"experiment": "presets of other groups' keys (tested in test_co
 # The value a key is changed to where ``_changed`` cannot guess one.
 CHANGES = {
     "seed": 1,
+    "repeats": 2,
+    "objective": "roc_auc",
+    "finetune.lr": 0.01,
+    "finetune.scheduler": "cosine",
     "dataset.window": 64,                  # still a multiple of the CNN's 4
     "dataset.data_dir": "<skab original>",
     "dataset.folders": ["valve1"],
@@ -59,6 +63,10 @@ CHANGES = {
     "arch.dropout": 0.3,
     "prune.ratio": 0.3,
     "prune.round_to": 3,
+    "prune.max_layer_ratio": 0.5,          # = prune.ratio: the ranked groups ~uniform
+    "prune.layer_ratios": str(CONF.parent / "tests/compress/fixtures/"
+                              "layer_sensitivity_cnn.csv"),  # another group analysed
+    "prune.taylor_batches": 1,             # of the small job's 4 training batches
     "quant.calibration_samples": 16,   # fewer than the small job's training windows
     "quant.calibrate_method": "entropy",
     "quant.format": "qdq",
@@ -90,6 +98,16 @@ CONTEXT = {
     "quant=dynamic": ["arch=custom_cnn", "dataset=digits"],  # per-channel: Linear weights
     "quant=qat": ["quant.epochs=1"],
     "analysis=layers": ["analysis.ratios=[0.5]"],
+    "distill=kd": ["dataset=digits", "arch=custom_cnn"],  # the temperature softens logits
+    # Every pruning criterion under global ranking, with decoder.1.0's share read from a
+    # layer_sensitivity.csv (it tolerates 0.25 within 2 %, not within 1 %), so that
+    # max_layer_ratio, layer_ratios and layer_tolerance act as well. (With encoder.0.0's share
+    # fixed instead, fpgm's ranking of the untrained CNN comes out uniform: nothing to cap.)
+    **{f"prune={f.stem}": [
+        "prune.global_ranking=true",
+        "prune.layer_ratios=" + str(CONF.parent / "tests/compress/fixtures/"
+                                    "layer_sensitivity_cnn_decoder.csv"),
+    ] for f in sorted((CONF / "prune").glob("*.yaml")) if f.stem != "none"},
 }
 # The small job every comparison starts from.
 BASE = TINY
@@ -134,7 +152,8 @@ def _cases() -> list[tuple[str, str]]:
                     seen.add(label)
                     cases.append((f"{group}={option}", key))
     cfg = _compose([])
-    for top in ("seed", "cache_dir", "optim", "callbacks", "measure"):
+    for top in ("seed", "repeats", "objective", "cache_dir", "optim", "callbacks", "finetune",
+                "measure"):
         keys = _leaves(cfg[top], top) if isinstance(cfg[top], DictConfig) else [top]
         cases += [("", key) for key in keys]
     return cases

@@ -3,7 +3,10 @@ the weights that come back are the best validation epoch's."""
 
 from __future__ import annotations
 
+import copy
+import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from tinyexp.lit import RestoreBest, build_trainer, train
+from tinyexp.lit import ClassificationTask, ReconstructionTask, RestoreBest, build_trainer, train
 from tinyexp.pipeline import build_datamodule, build_net
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -216,3 +219,172 @@ def test_on_epoch_changes_nothing_in_the_training_even_when_it_draws_random_numb
     assert all(torch.equal(weights[k], again[0][k]) for k in weights)
     assert info == again[1] and info["epochs"] == 3
     assert torch.equal(torch_rng, again[2]) and (np_draw, py_draw) == again[3:]
+
+
+# ----------------------------------------------------------------------------- fine-tuning:
+# optimizer overrides, learning-rate schedules, knowledge distillation
+
+SMOKE = ["trainer=smoke", "dataset.train_steps=640", "dataset.test_steps=640"]
+
+
+class _Rates(pl.Callback):
+    """The optimizer's lr (and Adam's betas) at every training step, epoch by epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[float]] = []
+        self.betas: set[tuple[float, float]] = set()
+
+    def on_train_epoch_start(self, trainer, module):
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        group = trainer.optimizers[0].param_groups[0]
+        self.epochs[-1].append(group["lr"])
+        self.betas.add(tuple(group["betas"]))
+
+
+def _train_rates(compose_cfg, epochs: int, **kwargs) -> _Rates:
+    cfg = compose_cfg([*SMOKE, f"trainer.max_epochs={epochs}"])
+    datamodule = build_datamodule(cfg)
+    rates = _Rates()
+    train(build_net(cfg, datamodule), datamodule, cfg, extra_callbacks=[rates], **kwargs)
+    assert len(rates.epochs) == epochs and all(len(e) == 4 for e in rates.epochs)  # smoke: 4
+    return rates
+
+
+def test_without_a_scheduler_the_lr_is_constant_and_optim_overrides_it(compose_cfg):
+    assert {lr for epoch in _train_rates(compose_cfg, 2).epochs for lr in epoch} == {1e-3}
+    rates = _train_rates(compose_cfg, 2, optim={"lr": 3e-4}, scheduler="none")
+    assert {lr for epoch in rates.epochs for lr in epoch} == {3e-4}
+
+
+def test_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(compose_cfg):
+    rates = _train_rates(compose_cfg, 4, optim={"lr": 0.01}, scheduler="cosine")
+    for epoch, lrs in enumerate(rates.epochs):
+        assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * epoch / 4)) / 2] * 4)
+    assert rates.betas == {(0.9, 0.999)}
+
+
+def test_onecycle_rises_to_the_lr_and_falls_over_every_step(compose_cfg):
+    rates = _train_rates(compose_cfg, 3, optim={"lr": 0.01}, scheduler="onecycle")
+    lrs = [lr for epoch in rates.epochs for lr in epoch]  # 12 steps, stepped after each
+    assert lrs[0] == pytest.approx(0.01 / 25)  # OneCycleLR's start: max_lr / div_factor
+    peak = lrs.index(max(lrs))
+    assert 0.009 < max(lrs) <= 0.01 and peak == 3  # 30% of 12 steps: the lr is the peak
+    assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:])[::-1]
+    assert lrs[-1] < 0.01 / 25  # annealed below the start
+    assert rates.betas == {(0.9, 0.999)}  # the lr only: Adam's momentum is left alone
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"scheduler": "step"}, "scheduler: must be one of none, cosine, onecycle"),
+    ({"distill": {"temperature": 4.0, "weight": 0.5}}, "distill: a teacher and its distill"),
+    ({"teacher": nn.Linear(1, 1)}, "distill: a teacher and its distill"),
+    ({"teacher": nn.Linear(1, 1), "distill": {"temperature": 0, "weight": 0.5}},
+     "distill.temperature: must be > 0"),
+    ({"teacher": nn.Linear(1, 1), "distill": {"temperature": 1, "weight": 1.5}},
+     "distill.weight: must be in [0, 1]"),
+    ({"teacher": nn.Linear(1, 1), "distill": {"weight": 0.5}}, "distill: must have the keys"),
+])
+def test_bad_fine_tuning_arguments_fail_before_training_naming_the_argument(
+        compose_cfg, kwargs, message):
+    cfg = compose_cfg(SMOKE)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        train(nn.Linear(1, 1), None, cfg, **kwargs)
+
+
+def test_classification_kd_loss_is_hintons_softened_kl_times_t_squared():
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(5, 4), nn.Linear(5, 4)
+    x, y = torch.randn(3, 5), torch.tensor([0, 3, 1])
+    task = ClassificationTask(student, torch.optim.Adam, teacher=teacher,
+                              distill={"temperature": 3.0, "weight": 0.25})
+    loss, ce, kd = task.losses((x, y))
+    def log_softmax(z):
+        return z - z.exp().sum(1, keepdim=True).log()
+
+    z, t = student(x).detach(), teacher(x).detach()
+    p_t = log_softmax(t / 3.0).exp()
+    hand_kd = float((p_t * (p_t.log() - log_softmax(z / 3.0))).sum(1).mean()) * 3.0**2
+    hand_ce = float(-log_softmax(z)[range(3), y].mean())
+    assert float(kd) == pytest.approx(hand_kd, rel=1e-5) and hand_kd > 0
+    assert float(ce) == pytest.approx(hand_ce, rel=1e-5)
+    assert float(loss) == pytest.approx(0.75 * hand_ce + 0.25 * hand_kd, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is only read
+
+
+def test_autoencoder_kd_loss_is_the_mse_to_the_teachers_reconstruction():
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(6, 6), nn.Linear(6, 6)
+    x = torch.randn(2, 6)
+    task = ReconstructionTask(student, torch.optim.Adam, teacher=teacher,
+                              distill={"temperature": 4.0, "weight": 0.5})
+    loss, mse, kd = task.losses(x)
+    hand_kd = float(((student(x) - teacher(x)) ** 2).mean())
+    assert float(kd) == pytest.approx(hand_kd, rel=1e-6)
+    assert float(loss) == pytest.approx(0.5 * float(mse) + 0.5 * hand_kd, rel=1e-6)
+
+
+class _TeacherWatch(pl.Callback):
+    """During training: whether the teacher is in eval mode, out of the optimizer and out of
+    the state_dict RestoreBest keeps."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[bool, bool, bool]] = set()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        teacher = module.teacher
+        optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+        self.seen.add((teacher.training,
+                       any(id(p) in optimized for p in teacher.parameters()),
+                       all(k.startswith("net.") for k in module.state_dict())))
+
+
+def test_the_teacher_stays_frozen_and_out_of_the_optimizer_and_the_kept_weights(compose_cfg):
+    cfg = compose_cfg([*SMOKE, "trainer.max_epochs=2", "arch.dropout=0.3"])
+    datamodule = build_datamodule(cfg)
+    teacher, student = build_net(cfg, datamodule), build_net(cfg, datamodule)
+    teacher.train()  # as a caller might hand it over: train mode, gradients on
+    before = copy.deepcopy(teacher.state_dict())
+    watch, metrics = _TeacherWatch(), {}
+    grab = pl.Callback()
+    grab.on_train_end = lambda trainer, module: metrics.update(trainer.callback_metrics)
+    train(student, datamodule, cfg, teacher=teacher, extra_callbacks=[watch, grab],
+          distill={"temperature": 4.0, "weight": 0.5})
+    assert watch.seen == {(False, False, True)}
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert float(metrics["train/kd_loss"]) > 0
+
+
+def test_val_loss_stays_the_task_loss_when_the_training_loss_is_all_distillation(compose_cfg):
+    cfg = compose_cfg(["dataset=digits", "arch=custom_cnn", "trainer=smoke",
+                       "trainer.max_epochs=3", "trainer.limit_val_batches=1.0"])
+    datamodule = build_datamodule(cfg)
+    teacher = build_net(cfg, datamodule)  # untrained: its outputs are far from the labels
+    torch.manual_seed(1)
+    student = build_net(cfg, datamodule)
+    history = _History()
+    info = train(student, datamodule, cfg, extra_callbacks=[history], teacher=teacher,
+                 distill={"temperature": 2.0, "weight": 1.0})
+    assert info["best_val_loss"] == pytest.approx(min(history.losses))
+    assert _val_loss(student, datamodule, "classification") == pytest.approx(
+        min(history.losses), rel=1e-4)  # cross-entropy, not the KL to the teacher
+
+
+def test_the_fine_tuning_arguments_at_their_defaults_change_nothing(compose_cfg):
+    """The same seed gives the same weights with the arguments spelled out, and with a teacher
+    whose weight is 0 (its forward pass draws no random numbers: eval mode)."""
+    results = []
+    for kwargs in ({}, {"optim": {"lr": 1e-3}, "scheduler": "none"},
+                   {"teacher": nn.Identity(), "distill": {"temperature": 1.0, "weight": 0.0}}):
+        cfg = compose_cfg([*SMOKE, "trainer.max_epochs=2", "arch.dropout=0.3"])
+        datamodule = build_datamodule(cfg)
+        net = build_net(cfg, datamodule)
+        info = train(net, datamodule, cfg, **kwargs)
+        results.append((net.state_dict(), info["curve"]))
+    (weights, curve), *others = results
+    for other_weights, other_curve in others:
+        assert all(torch.equal(weights[k], other_weights[k]) for k in weights)
+        assert other_curve == curve

@@ -154,3 +154,32 @@ def test_the_layer_analysis_is_logged_per_group(jobs):
     assert (folder / "layer_sensitivity.csv").read_text().count("\n") == 1 + 4 + 1
     assert (folder / "layer_sensitivity.png").stat().st_size > 0
 
+
+
+def test_repeats_run_each_seed_and_log_the_mean_with_its_interval(tmp_path):
+    """repeats=3: three seeds in one job (one MLflow run), the metrics their mean, with the
+    t-interval computed by hand here; the data set stays that of dataset.seed."""
+    cfg = compose([*TINY, "repeats=3", "seed=4", "quant=int8", "logger=none",
+                   "objective=roc_auc", f"cache_dir={tmp_path / 'cache'}",
+                   f"+output_dir={tmp_path / 'job'}"])
+    result = run(cfg)
+    metrics = result["metrics"]
+    assert metrics["repeats"] == 3
+    values = [metrics[f"seeds/{s}/quantized/roc_auc"] for s in (4, 5, 6)]
+    assert len(set(values)) > 1  # the seeds trained different networks
+    mean = sum(values) / 3
+    sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+    assert metrics["quantized/roc_auc"] == pytest.approx(mean)
+    assert metrics["quantized/roc_auc_sd"] == pytest.approx(sd)
+    assert metrics["quantized/roc_auc_ci95"] == pytest.approx(4.302652729911275 * sd / 3 ** 0.5)
+    assert result["objective"] == pytest.approx(mean)  # objective=roc_auc, over the seeds
+    for seed in (4, 5, 6):
+        assert (tmp_path / "job" / f"seed{seed}" / "quantized.onnx").is_file()
+    summary = (tmp_path / "job" / "summary.txt").read_text()
+    assert "mean ± 95% CI over 3 seeds" in summary and " ± " in summary
+    # The data set is dataset.seed's: every seed trains and evaluates on the same series.
+    from tinyexp.pipeline import build_datamodule, with_seed
+
+    first, last = build_datamodule(cfg), build_datamodule(with_seed(cfg, 6))
+    assert (first.segments[0].test == last.segments[0].test).all()
+    assert (first.train_windows == last.train_windows).all()

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from tinyexp.measure import changes
-from tinyexp.summary import fmt_number, fmt_reduction, stage_table
+from tinyexp.measure import changes, stats
+from tinyexp.summary import fmt_mean_ci, fmt_number, fmt_reduction, stage_change, stage_table
 
 TASK = ("accuracy", "f1")
 COSTS = ("params", "macs", "size_bytes", "weight_bytes", "flash_bytes", "ram_bytes",
@@ -109,6 +109,7 @@ def test_a_baseline_alone_has_no_change_column():
     (1234567.0, {"signed": True}, "+1,234,567"),
     (67.74, {"decimals": 1}, "67.7"),
     (1234.4, {"signed": True, "decimals": 0}, "+1,234"),
+    (17409.4, {}, "17,409"),  # a mean over seeds, not 1.741e+04
     (None, {}, "-"),
     (math.inf, {"signed": True}, "-"),
 ])
@@ -126,3 +127,74 @@ def test_fmt_number(value, kwargs, text):
 ])
 def test_fmt_reduction(pct, cost, text):
     assert fmt_reduction(pct, cost) == text
+
+
+F1 = (0.696, 0.855, 0.659, 0.586, 0.826)  # the float baseline over seeds 0-4
+
+
+def _repeated() -> dict[str, float]:
+    """``repeats=5``: F1 and latency vary over the seeds; sizes and parameters do not."""
+    per_seed = {}
+    for seed, f1 in enumerate(F1):
+        metrics = {k: v for k, v in _metrics().items() if not k.startswith("layers/")}
+        metrics.update({"baseline/f1": f1, "pruned/f1": f1 - 0.1 - 0.01 * seed,
+                        "baseline/latency_ms": 0.00684 + 0.0002 * seed,
+                        "baseline/latency_p90_ms": 0.00694 + 0.0003 * seed})
+        for stage in ("pruned", "quantized"):
+            metrics.update(changes.stage_changes(metrics, stage, TASK))
+        per_seed[seed] = metrics
+    return stats.aggregate(per_seed)
+
+
+def test_a_repeated_run_prints_mean_and_interval_and_says_so():
+    metrics = _repeated()
+    table = stage_table(metrics, "title")
+    body, footer = table.rsplit("\n", 1)
+    assert footer == "mean ± 95% CI over 5 seeds (t-distribution)"
+    columns = _columns(body)
+    assert list(columns) == ["metric", "baseline", "pruned", "quantized",
+                             "pruned: delta / reduction", "quantized: delta / reduction"]
+    mean, ci = stats.mean_ci(metrics, "baseline/f1")
+    assert columns["baseline"]["f1"] == f"{fmt_number(mean)} ± {fmt_number(ci)}" \
+        == "0.7244 ± 0.141"
+    # each seed against its own baseline: the change varies less than the metric
+    delta, delta_ci = stats.mean_ci(metrics, "pruned/f1_delta")
+    assert columns["pruned: delta / reduction"]["f1"] == \
+        f"{fmt_number(delta, signed=True)} ± {fmt_number(delta_ci)}" == "-0.12 ± 0.01963"
+    # the same in every seed: the number alone, as in a single run
+    assert columns["baseline"]["params"] == "13,754"
+    assert columns["pruned: delta / reduction"]["params"] == "73.2% smaller"
+    # a reduction the run did not log (p90) still gets its interval, from the seeds
+    p90, p90_ci = stage_change(metrics, "pruned", "latency_p90_ms")
+    assert "pruned/latency_p90_ms_reduction_pct" not in metrics and p90_ci > 0
+    assert columns["pruned: delta / reduction"]["latency_p90_ms"] == \
+        f"{p90:.1f} ± {p90_ci:.1f}% faster"
+    assert re.fullmatch(r"\d+\.\d ± \d+\.\d% faster",
+                        columns["pruned: delta / reduction"]["latency_ms"])
+
+
+def test_a_single_run_prints_no_interval():
+    table = stage_table(_metrics(), "title")
+    assert "±" not in table and "seeds" not in table
+
+
+@pytest.mark.parametrize(("value", "ci", "kwargs", "text"), [
+    (0.72441, 0.141049, {}, "0.7244 ± 0.141"),
+    (-0.12, 0.019633, {"signed": True}, "-0.12 ± 0.01963"),
+    (12648.0, 0.0, {}, "12,648"),
+    (0.5, None, {}, "0.5"),
+    (None, 0.1, {}, "-"),
+    (17409.4, 1.2, {}, "17,409 ± 1.2"),
+])
+def test_fmt_mean_ci(value, ci, kwargs, text):
+    assert fmt_mean_ci(value, ci, **kwargs) == text
+
+
+@pytest.mark.parametrize(("pct", "ci", "text"), [
+    (25.74, 2.13, "25.7 ± 2.1% faster"),
+    (-12.0, 3.0, "12.0 ± 3.0% slower"),
+    (67.7, 0.0, "67.7% faster"),
+    (67.7, 0.04, "67.7% faster"),  # rounds to 0.0: left out
+])
+def test_fmt_reduction_with_interval(pct, ci, text):
+    assert fmt_reduction(pct, "latency_ms", ci=ci) == text

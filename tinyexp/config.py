@@ -18,18 +18,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tinyexp.schemas import SCHEMAS, SHARED_SCHEMAS, ConfigError, Measure, _require
+from tinyexp.schemas import SCHEMAS, SHARED_SCHEMAS, ConfigError, Finetune, Measure, _require
 from tinyexp.stages.base import Stage
 
 # The task metrics each kind of dataset is measured by.
-TASK_METRICS = {"anomaly": ("mse", "f1", "far", "mar", "roc_auc"),
+TASK_METRICS = {"anomaly": ("mse", "f1", "far", "mar", "roc_auc", "pr_auc"),
                 "classification": ("accuracy", "recall", "f1")}
+# The task metric a stage is judged by unless `objective` says otherwise.
+PRIMARY_METRIC = {"anomaly": "f1", "classification": "accuracy"}
 ALL_TASK_METRICS = tuple(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
 # Keys of a dataset/arch node that describe it rather than being constructor arguments.
 META_KEYS = ("name", "task", "input", "threshold_quantile", "threshold_scale")
 
 # The stage groups, in the order the pipeline runs them; each option's YAML names its spec class.
-STAGE_GROUPS = ("analysis", "prune", "quant")
+STAGE_GROUPS = ("analysis", "distill", "prune", "quant")
 
 # Trainer keys we check; any other pytorch_lightning.Trainer keyword passes through untouched.
 _TRAINER_INTS = {"max_epochs": 1, "devices": 1, "log_every_n_steps": 1}
@@ -119,11 +121,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     specs = {group: _check_node(group, cfg.get(group)) for group in [*SCHEMAS, *SHARED_SCHEMAS]}
     specs.update({group: check_stage(group, cfg.get(group)) for group in STAGE_GROUPS})
     _check_trainer(cfg.get("trainer"))
-    try:
-        specs["measure"] = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(Measure), cfg.get("measure") or {}))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"measure.{err.full_key}", str(err).splitlines()[0]) from None
+    for key, schema in (("measure", Measure), ("finetune", Finetune)):
+        specs[key] = _merge(key, key, schema, OmegaConf.to_container(
+            cfg.get(key) or OmegaConf.create({}), resolve=True))
+    repeats = cfg.get("repeats", 1)
+    _require(isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1,
+             "repeats", f"must be an int >= 1 (seeds seed..seed+repeats-1), got {repeats!r}")
     lr = OmegaConf.select(cfg, "optim.lr")
     _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
              and lr > 0, "optim.lr", f"must be a number > 0, got {lr!r}")
@@ -132,6 +135,10 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _require(data.input == arch.input, "arch",
              f"arch={arch.name} takes {arch.input} data but dataset={data.name} is {data.input} "
              f"data; choose an architecture that takes {data.input} data")
+    objective = cfg.get("objective")
+    _require(objective is None or objective in TASK_METRICS[data.task], "objective",
+             f"must be null (the task's default: {PRIMARY_METRIC[data.task]}) or one of "
+             f"{', '.join(TASK_METRICS[data.task])} for dataset={data.name}, got {objective!r}")
     analysis = specs["analysis"]
     if analysis is not None and getattr(analysis, "metric", None) is not None:
         allowed = TASK_METRICS[data.task]
@@ -153,7 +160,8 @@ def option_name(cfg: Any, group: str) -> str:
 
 
 def describe(cfg: Any) -> str:
-    """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``."""
+    """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``,
+    ``...-l1@0.5-none-kd`` with distillation."""
     labels = []
     for group in ("prune", "quant"):
         node = cfg.get(group)
@@ -161,6 +169,8 @@ def describe(cfg: Any) -> str:
             labels.append(option_name(cfg, group))
         else:
             labels.append(check_stage(group, node).label())
+    if cfg.get("distill") is not None:  # distilled fine-tunes: another model than without
+        labels.append(check_stage("distill", cfg.distill).label())
     return "-".join([cfg.dataset.name, cfg.arch.name, *labels])
 
 

@@ -37,7 +37,7 @@ class Job:
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The option of each group, as searchable run tags (``tinyexp.arch: cnn``)."""
     return {f"tinyexp.{g}": option_name(cfg, g)
-            for g in ("dataset", "arch", "prune", "quant", "target")}
+            for g in ("dataset", "arch", "prune", "quant", "distill", "target")}
 
 
 def job_folders(cfg: DictConfig) -> Job:

@@ -6,6 +6,9 @@
                     -> quantize (ONNX Runtime PTQ, or Brevitas QAT) -> measure in the runtime
     -> log to MLflow, write metrics.json, print the table, return the objective
 
+With ``repeats=N`` the stages run once per seed (``seed`` .. ``seed+N-1``) in the same MLflow run
+and the metrics are their mean, with ``_sd``, ``_ci95`` and the per-seed values.
+
 Each stage is the spec object its config group names (``_target_``): ``stage.apply(net, ctx)``
 returns ``(network, metrics)`` and the run keys the metrics by the stage's prefix
 (``pruned/mse``, ``quantized/params``, ...). A null group (``quant=none``) is skipped.
@@ -14,27 +17,33 @@ returns ``(network, metrics)`` and the run keys the metrics by the stage's prefi
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tinyexp import cache, job, search, tracking
-from tinyexp.config import ALL_TASK_METRICS, STAGE_GROUPS, constructor_kwargs, validate
+from tinyexp.config import (
+    ALL_TASK_METRICS,
+    PRIMARY_METRIC,
+    STAGE_GROUPS,
+    constructor_kwargs,
+    validate,
+)
 from tinyexp.files import atomic_write
 from tinyexp.lit import train
 from tinyexp.measure.changes import stage_changes
 from tinyexp.measure.network import Measurer
+from tinyexp.measure.stats import aggregate
 from tinyexp.stages.base import MODEL_STAGES, Context
 from tinyexp.summary import stage_table
 
 log = logging.getLogger(__name__)
 
-# The task metric a stage is judged by (the objective returned to a sweeper).
-PRIMARY_METRIC = {"anomaly": "f1", "classification": "accuracy"}
 # The metric the per-layer analysis ranks groups by, unless analysis.metric says otherwise:
 # without fine-tuning F1 falls to 0 for every damaged autoencoder; the error still ranks them.
 SENSITIVITY_METRIC = {"anomaly": "mse", "classification": "accuracy"}
@@ -57,82 +66,128 @@ def build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
     return instantiate(constructor_kwargs(cfg.arch), **shape)
 
 
-def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: Any,
-                  tracker: Any) -> Context:
-    """What the stages share: data, the run's training (with curves and the search's pruning
-    callback), the measuring, the export settings and the job folder."""
-    pruning = search.pruning_callback(cfg)
+def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: Path,
+                  tracker: Any, curve_prefix: str = "", searched: bool = True) -> Context:
+    """What the stages share: data, the run's fine-tuning (with curves, the search's pruning
+    callback and the teacher of ``distill``), the measuring, the export settings, the folder."""
+    pruning = search.pruning_callback(cfg) if searched else None
     measurer = Measurer(datamodule, cfg.dataset, cfg.measure)
+    finetune = cfg.get("finetune") or {}
 
-    def fit(net: nn.Module, stage: str, max_epochs: int, searched: bool = True) -> dict:
+    def fit(net: nn.Module, stage: str, max_epochs: int, searched: bool = True,
+            lr: float | None = None) -> dict:
+        lr = lr or finetune.get("lr")
+        kd = ctx.distill
         return train(net, datamodule, cfg, max_epochs=max_epochs,
                      extra_callbacks=[pruning] if pruning and searched else [],
-                     on_epoch=tracker.curve_logger(stage))
+                     on_epoch=tracker.curve_logger(curve_prefix + stage),
+                     optim={"lr": lr} if lr else None,
+                     scheduler=finetune.get("scheduler", "none"), teacher=ctx.teacher,
+                     distill=kd.settings() if kd else None)
 
-    return Context(
+    ctx = Context(
         datamodule=datamodule, example=datamodule.example_input(),
         calibration=datamodule.calibration_windows, fit=fit, evaluate=measurer.evaluate,
         measure_float=lambda net, name: measurer.float_network(net, out_dir / f"{name}.onnx"),
         measure_artifact=measurer.artifact,
         sensitivity_metric=SENSITIVITY_METRIC[datamodule.task],
         opset=cfg.measure.opset, out_dir=out_dir)
+    return ctx
 
 
-def baseline(net: nn.Module, ctx: Context, cfg: DictConfig,
-             tracker: Any) -> tuple[nn.Module, dict[str, Any]]:
+def baseline(net: nn.Module, ctx: Context, cfg: DictConfig, tracker: Any,
+             curve_prefix: str = "") -> tuple[nn.Module, dict[str, Any]]:
     """The float baseline: from the cache, or trained and cached; then measured."""
     key = cache.baseline_key(cfg)
     info = cache.load(cfg.cache_dir, key, net)
     hit = info is not None
+    curve = curve_prefix + "baseline"
     if hit:
         log.info("baseline: reusing cached weights %s", key)
-        tracker.log_curve("baseline", info.get("curve") or {})  # replay the cached training
+        tracker.log_curve(curve, info.get("curve") or {})  # replay the cached training
     else:
         log.info("baseline: training %s", cfg.arch.name)
-        info = train(net, ctx.datamodule, cfg, on_epoch=tracker.curve_logger("baseline"))
+        info = train(net, ctx.datamodule, cfg, on_epoch=tracker.curve_logger(curve))
         cache.store(cfg.cache_dir, key, net, info)
     ctx.tags.update({"tinyexp.baseline_cache": "hit" if hit else "miss",
                      "tinyexp.baseline_key": key})
     return net, {**ctx.measure_float(net, "baseline"), "epochs": info["epochs"]}
 
 
+def run_stages(cfg: DictConfig, specs: dict[str, Any], out_dir: Path, tracker: Any,
+               curve_prefix: str = "", searched: bool = True) -> tuple[dict, str, Context]:
+    """Baseline, then every configured stage in order, for ``cfg.seed``.
+
+    Returns the stage-prefixed metrics (with the changes against the baseline), the last stage
+    that produced a model, and the context (its tags and artifacts).
+    """
+    torch.manual_seed(cfg.seed)
+    datamodule = build_datamodule(cfg)
+    net = build_net(cfg, datamodule)
+    ctx = build_context(cfg, datamodule, out_dir, tracker, curve_prefix, searched)
+    net, report = baseline(net, ctx, cfg, tracker, curve_prefix)
+    tracker.set_tags(ctx.tags)
+    metrics, final = job.prefixed("baseline", report), "baseline"
+    for group in STAGE_GROUPS:
+        stage = specs[group]
+        if stage is not None:
+            net, report = stage.apply(net, ctx)
+            tracker.set_tags(ctx.tags)
+            metrics.update(job.prefixed(stage.prefix, report))
+            final = stage.prefix if stage.yields_model else final
+    for stage in MODEL_STAGES[1:]:
+        if f"{stage}/params" in metrics:
+            metrics.update(stage_changes(metrics, stage, ALL_TASK_METRICS))
+    return metrics, final, ctx
+
+
+def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    """A copy of the job config with another ``seed`` (the data set keeps ``dataset.seed``)."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    copy.seed = seed
+    return copy
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment job.
+    """Run one experiment job (over ``repeats`` seeds).
 
     Returns:
-        ``objective`` (the final stage's task metric), ``final_stage``, the flat ``metrics``
-        and the ``mlflow_run_id`` (None with ``logger=none``): what a sweeper needs.
+        ``objective`` (the final stage's ``objective`` metric, its mean over seeds),
+        ``final_stage``, the flat ``metrics`` and the ``mlflow_run_id`` (None with
+        ``logger=none``): what a sweeper needs.
     """
     specs = validate(cfg)
     this = job.job_folders(cfg)
+    repeats = cfg.get("repeats", 1)
+    seeds = [cfg.seed + i for i in range(repeats)]
     with tracking.job_run(cfg, this.name, this.tags, this.sweep_dir) as tracker:
-        torch.manual_seed(cfg.seed)
-        datamodule = build_datamodule(cfg)
-        net = build_net(cfg, datamodule)
-        ctx = build_context(cfg, datamodule, this.out_dir, tracker)
-        net, report = baseline(net, ctx, cfg, tracker)
-        tracker.set_tags(ctx.tags)
-        metrics, final = job.prefixed("baseline", report), "baseline"
-        for group in STAGE_GROUPS:
-            stage = specs[group]
-            if stage is not None:
-                net, report = stage.apply(net, ctx)
-                tracker.set_tags(ctx.tags)
-                metrics.update(job.prefixed(stage.prefix, report))
-                final = stage.prefix if stage.yields_model else final
-        for stage in MODEL_STAGES[1:]:
-            if f"{stage}/params" in metrics:
-                metrics.update(stage_changes(metrics, stage, ALL_TASK_METRICS))
+        if repeats == 1:
+            metrics, final, ctx = run_stages(cfg, specs, this.out_dir, tracker)
+            artifacts, hits = ctx.artifacts, [ctx.tags["tinyexp.baseline_cache"]]
+        else:
+            per_seed, artifacts, hits = {}, [], []
+            for i, seed in enumerate(seeds):
+                folder = this.out_dir / f"seed{seed}"
+                per_seed[seed], final, ctx = run_stages(
+                    with_seed(cfg, seed), specs, folder, tracker, curve_prefix=f"seed{seed}/",
+                    searched=i == 0)  # the search's pruner follows the first seed only
+                artifacts += [*ctx.artifacts, *((p, f"seed{seed}")
+                                                for p in sorted(folder.glob("*.onnx")))]
+                hits.append(ctx.tags["tinyexp.baseline_cache"])
+            metrics = aggregate(per_seed)
+            tracker.set_tags({"tinyexp.baseline_cache": ",".join(hits),
+                              "tinyexp.seeds": ",".join(map(str, seeds))})
         job.save_outputs(this.out_dir, cfg, metrics)
-        job.log_outputs(tracker, this.out_dir, metrics, ctx.artifacts)
+        job.log_outputs(tracker, this.out_dir, metrics, artifacts)
 
-    cached = " (baseline from cache)" if ctx.tags["tinyexp.baseline_cache"] == "hit" else ""
+    cached = " (baseline from cache)" if set(hits) == {"hit"} else ""
     table = "\n".join([stage_table(metrics, f"{this.name}{cached}  ->  {this.out_dir}"),
                        job.target_verdict(metrics, cfg.target)])
     atomic_write(this.out_dir / "summary.txt", table + "\n")
     print(table, flush=True)
+    objective = cfg.get("objective") or PRIMARY_METRIC[ctx.datamodule.task]
     return {
-        "objective": float(metrics[f"{final}/{PRIMARY_METRIC[datamodule.task]}"]),
+        "objective": float(metrics[f"{final}/{objective}"]),
         "final_stage": final,
         "metrics": metrics,
         "mlflow_run_id": tracker.run_id,

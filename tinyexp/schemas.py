@@ -246,6 +246,21 @@ class Measure:
                  f"must be >= 5, got {self.latency_runs}")
 
 
+@dataclass
+class Finetune:
+    """Every training after the baseline (pruning fine-tunes, QAT): its own optimizer settings."""
+
+    lr: float | None = None       # null: optim.lr; QAT has its own quant.lr
+    scheduler: str = "none"       # none | cosine | onecycle
+
+    def __post_init__(self) -> None:
+        _require(self.lr is None or self.lr > 0, "finetune.lr",
+                 f"must be null or a number > 0, got {self.lr}")
+        schedulers = ("none", "cosine", "onecycle")
+        _require(self.scheduler in schedulers, "finetune.scheduler",
+                 f"must be one of {', '.join(schedulers)}, got {self.scheduler!r}")
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData},
     "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,

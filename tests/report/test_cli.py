@@ -27,7 +27,7 @@ def test_write_report_writes_table_formats_and_plots(records, tmp_path, is_png):
     assert [r["run"] for r in rows] == ["cnn-base", "cnn-p50", "cnn-p50-int8", "lstm-p50"]
     markdown = (tmp_path / "sensitivity.md").read_text()
     assert markdown.startswith("# unit report\n")
-    assert "| cnn-p50-int8 | cnn | l1 0.5 | int8 | 0.72 (-0.08) |" in markdown
+    assert "| cnn-p50-int8 | cnn | l1 0.5 | int8 | 1 | 0.72 (-0.08) |" in markdown
     assert "150 (85.0% smaller)" in markdown
     page = (tmp_path / "sensitivity.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<td>lstm-p50</td>" in page

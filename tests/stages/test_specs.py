@@ -57,8 +57,10 @@ def test_a_bad_target_is_one_line_naming_the_key(target, message):
 
 
 def test_unknown_keys_and_bad_values_are_caught_by_the_spec_class():
-    with pytest.raises(ConfigError, match=r"^prune.foo: unknown key for prune=l1; allowed: "
-                                          r"name, ratio, steps, finetune_epochs, round_to$"):
+    allowed = ("name, ratio, steps, finetune_epochs, round_to, global_ranking, "
+               "max_layer_ratio, layer_ratios, layer_tolerance")
+    with pytest.raises(ConfigError, match=rf"^prune.foo: unknown key for prune=l1; allowed: "
+                                          rf"{allowed}$"):
         validate(compose(["+prune.foo=1"]))
     with pytest.raises(ConfigError, match=r"^quant.format: must be qdq for quant=int16x8"):
         validate(compose(["quant=int16x8", "quant.format=qoperator"]))
@@ -71,7 +73,8 @@ def test_spec_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, tinyexp.stages.prune, tinyexp.stages.quant, tinyexp.stages.analysis; "
+    code = ("import sys, tinyexp.stages.prune, tinyexp.stages.quant, tinyexp.stages.analysis, "
+            "tinyexp.stages.distill; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'brevitas', "
             "'torch_pruning', 'mlflow', 'pytorch_lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,7 +8,8 @@ next conv's input channels, a residual stream with every block that reads/writes
 ...) and removes the channels of each group that the given importance ranks lowest: the
 criterion is a ``tp`` importance object (:class:`~tinyexp.compress.tp_patches.L1Importance`
 for group L1 norm, ``tp.importance.RandomImportance()`` for a random baseline, ...), and
-nothing else depends on it.
+nothing else depends on it. By default every group loses the same share; an
+:class:`Allocation` sets shares per group or ranks all groups' channels together.
 
 What ``tp`` 1.6.1 lacks for our models (an ``nn.LSTM`` handler, LSTM-aware tracing and
 scoring, attention head bookkeeping) lives in :mod:`tinyexp.compress.tp_patches`; this
@@ -18,14 +19,16 @@ measures every stage on its exported ONNX file (:func:`tinyexp.measure.cost.net_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from tinyexp.compress.tp_patches import (
+    CappedPruner,
     LSTMPruner,
     attention_modules,
     sync_heads,
@@ -34,7 +37,10 @@ from tinyexp.compress.tp_patches import (
 from tinyexp.measure.cost import count_params
 
 __all__ = [
+    "Allocation",
     "PruneReport",
+    "UnknownLayerError",
+    "accumulate_gradients",
     "dependency_graph",
     "layer_widths",
     "output_layers",
@@ -82,6 +88,61 @@ class PruneReport:
     widths_before: dict[str, int] = field(default_factory=dict)
     widths_after: dict[str, int] = field(default_factory=dict)
     heads_after: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Allocation:
+    """How ``prune_structured`` shares the pruning out; the default: ``ratio`` of every group.
+
+    Attributes:
+        layer_ratios: ``{group name: ratio}``: these groups lose their own share, in [0, 1)
+            (0 keeps a group whole). A group is named by its root layer, as in
+            ``net.named_modules()`` and :func:`~tinyexp.compress.sensitivity.prunable_groups`
+            (the ``group`` column of ``layer_sensitivity.csv``).
+        global_ranking: rank the channels of all other groups together (tp's global pruning):
+            ``ratio`` of their channels goes, the least important first wherever they are, so
+            widths come out non-uniform. Scores are normalised per group (mean 1) first.
+        max_layer_ratio: with ``global_ranking``, the most any one group may lose: it keeps
+            ``int(width * (1 - max_layer_ratio))`` channels, at least 1 (``round_to`` may take
+            up to ``round_to - 1`` more). ``ratio`` and ``layer_ratios`` must not exceed it.
+    """
+
+    layer_ratios: Mapping[str, float] = field(default_factory=dict)
+    global_ranking: bool = False
+    max_layer_ratio: float = 0.9
+
+
+class UnknownLayerError(ValueError):
+    """A ``layer_ratios`` name that is no prunable group of the network."""
+
+    def __init__(self, name: str, allowed: Sequence[str]) -> None:
+        super().__init__(f"layer_ratios: {name!r} is not a prunable group; "
+                         f"allowed: {', '.join(allowed)}")
+        self.name, self.allowed = name, list(allowed)
+
+
+def accumulate_gradients(
+    net: nn.Module, batches: Iterable[Any], loss: Callable[[nn.Module, Any], torch.Tensor]
+) -> int:
+    """Set every gradient of ``net`` to the sum of ``loss(net, batch)``'s over ``batches``.
+
+    What a gradient-based importance (:class:`~tinyexp.compress.tp_patches.TaylorImportance`)
+    reads; pass it as ``prune_structured``'s ``before_step``. Parameters the loss does not
+    reach get zero gradients. Returns the number of batches.
+
+    Raises:
+        ValueError: If ``batches`` is empty.
+    """
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    n = 0
+    with torch.enable_grad():
+        for batch in batches:
+            loss(net, batch).backward()
+            n += 1
+    if n == 0:
+        raise ValueError("accumulate_gradients: no batch to compute gradients on")
+    return n
 
 
 def dependency_graph(net: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -141,16 +202,18 @@ def prune_structured(
     *,
     importance: tp.importance.Importance,
     steps: int = 1,
+    before_step: Callable[[nn.Module], None] | None = None,
     finetune: Callable[[nn.Module], None] | None = None,
     round_to: int | None = None,
     ignored_layers: Sequence[nn.Module] = (),
+    allocation: Allocation | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune ``ratio`` of every prunable group of ``net`` in place, ranked by ``importance``.
 
     Channels of convs, Linear hidden units, LSTM hidden units, attention head dims and
-    the transformer residual width all shrink by ``ratio`` (per group, uniformly). The
-    input channels of the first layer and the output channels of the output layer(s)
-    are kept, so input and output shapes do not change.
+    the transformer residual width all shrink by ``ratio`` (per group, uniformly, unless
+    ``allocation`` says otherwise). The input channels of the first layer and the output
+    channels of the output layer(s) are kept, so input and output shapes do not change.
 
     Args:
         net: Model to prune; modified in place (its train/eval mode is restored).
@@ -162,16 +225,21 @@ def prune_structured(
             ``tp.importance.RandomImportance()``. An importance that returns ``None`` for a
             group leaves that group unpruned.
         steps: Iterative pruning steps; step ``i`` reaches ``ratio * i / steps``.
+        before_step: Called as ``before_step(net)`` before every step, ``net`` in eval mode
+            (e.g. :func:`accumulate_gradients` for a gradient-based importance).
         finetune: Called as ``finetune(net)`` after every step (e.g. a few epochs of
             training). Parameters are replaced by pruning, so build optimizers inside it.
         round_to: Keep channel counts multiples of this (e.g. 4/8 for SIMD kernels).
         ignored_layers: Extra modules whose output channels must not be pruned.
+        allocation: Per-group shares and global ranking (:class:`Allocation`); ``None``: every
+            group loses ``ratio``.
 
     Returns:
         The same ``net`` object and a :class:`PruneReport`.
 
     Raises:
-        ValueError: If ``ratio``, ``steps`` or ``round_to`` is out of range.
+        ValueError: If ``ratio``, ``steps``, ``round_to`` or an ``allocation`` value is out of
+            range; :class:`UnknownLayerError` if ``layer_ratios`` names no prunable group.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must satisfy 0 <= ratio < 1, got {ratio}")
@@ -180,6 +248,8 @@ def prune_structured(
     if round_to is not None and round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     steps = int(steps)
+    allocation = allocation or Allocation()
+    _check_allocation(allocation, ratio)
 
     was_training = net.training
     net.eval()  # dropout off: tracing must be deterministic
@@ -190,12 +260,19 @@ def prune_structured(
     # a trace of our own to find the output layers (BasePruner then builds its own graph)
     graph = dependency_graph(net, example_input)
     ignored = [*unprunable_layers(net, graph), *ignored_layers]
+    ratio_dict = _ratio_dict(net, example_input, allocation.layer_ratios)
+    # the cap is global ranking's guard only: tp would also apply it to layer_ratios and stop
+    # ranking a group past it between steps, which uniform pruning has never done
+    capped = allocation.global_ranking
 
-    pruner = tp.pruner.BasePruner(
+    pruner = CappedPruner(
         net,
         example_input,
         importance=importance,
         pruning_ratio=ratio,
+        pruning_ratio_dict=ratio_dict or None,
+        global_pruning=allocation.global_ranking,
+        max_pruning_ratio=allocation.max_layer_ratio if capped else 1.0,
         iterative_steps=steps,
         ignored_layers=ignored,
         round_to=round_to,
@@ -211,6 +288,9 @@ def prune_structured(
 
     groups_pruned = 0
     for _ in range(steps):
+        if before_step is not None:
+            before_step(net)
+            net.eval()
         for group in pruner.step(interactive=True):
             group.prune()
             groups_pruned += 1
@@ -231,3 +311,32 @@ def prune_structured(
     )
     net.train(was_training)
     return net, report
+
+
+def _check_allocation(allocation: Allocation, ratio: float) -> None:
+    cap = allocation.max_layer_ratio
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"max_layer_ratio must satisfy 0 < max_layer_ratio <= 1, got {cap}")
+    for name, r in allocation.layer_ratios.items():
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"layer_ratios: {name!r} must satisfy 0 <= ratio < 1, got {r}")
+    if allocation.global_ranking:
+        # the cap keeps a share of every group: a larger overall ratio cannot be met
+        worst = max([ratio, *allocation.layer_ratios.values()])
+        if worst > cap:
+            raise ValueError(f"ratio {worst} exceeds max_layer_ratio {cap} under global ranking")
+
+
+def _ratio_dict(
+    net: nn.Module, example_input: torch.Tensor, layer_ratios: Mapping[str, float]
+) -> dict[nn.Module, float]:
+    """tp's ``pruning_ratio_dict`` (keyed by module) for ``{group name: ratio}``."""
+    if not layer_ratios:
+        return {}
+    from tinyexp.compress.sensitivity import prunable_groups  # it imports this module
+
+    allowed = [g.name for g in prunable_groups(net, example_input)]
+    for name in layer_ratios:
+        if name not in allowed:
+            raise UnknownLayerError(name, allowed)
+    return {net.get_submodule(name): float(r) for name, r in layer_ratios.items()}

@@ -8,9 +8,13 @@ the patches can be dropped one by one when ``tp`` fixes them:
   wrong axis of ``weight_ih``; :class:`LSTMPruner` replaces it.
 * ``nn.LSTM`` tracing: tp misreads the plain CPU LSTM kernel (it decomposes into per-gate
   ops); :func:`traceable_forward` makes every LSTM one opaque graph node.
-* ``nn.LSTM`` scoring: tp's magnitude importance skips LSTM weights and returns ``None`` for
-  groups without Conv/Linear/norm weights, so tp silently leaves them unpruned (e.g. the
-  hidden units between two stacked LSTMs); :class:`L1Importance` scores them.
+* ``nn.LSTM`` scoring: tp's importances (magnitude, Taylor, FPGM) skip LSTM weights and return
+  ``None`` for groups without Conv/Linear/norm weights, so tp silently leaves them unpruned
+  (e.g. the hidden units between two stacked LSTMs); :class:`MagnitudeImportance` (any ``p``;
+  :class:`L1Importance` is ``p=1``), :class:`TaylorImportance` and :class:`FPGMImportance`
+  score them.
+* Global ranking: tp's ``max_pruning_ratio`` does not stop one step from selecting a whole
+  group, which tp then refuses to prune at all; :class:`CappedPruner` keeps each group's share.
 * Attention: tp shrinks head dims only when told each ``qkv`` layer's head count, and never
   updates the module's own ``num_heads``/``head_dim``; :func:`attention_modules` finds
   modules in timm's layout and :func:`sync_heads` writes the new counts back.
@@ -25,7 +29,17 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner.function import BasePruningFunc
 
-__all__ = ["L1Importance", "LSTMPruner", "attention_modules", "sync_heads", "traceable_forward"]
+__all__ = [
+    "CappedPruner",
+    "FPGMImportance",
+    "L1Importance",
+    "LSTMPruner",
+    "MagnitudeImportance",
+    "TaylorImportance",
+    "attention_modules",
+    "sync_heads",
+    "traceable_forward",
+]
 
 
 # --------------------------------------------------------------------------- LSTM handler
@@ -163,59 +177,80 @@ def traceable_forward(net: nn.Module, example_input: torch.Tensor):
 
 # --------------------------------------------------------------------------- LSTM scoring
 
+Values = Callable[[nn.Parameter], torch.Tensor]  # a parameter -> one score per weight
 
-def _lstm_unit_l1(lstm: nn.LSTM, p: int) -> torch.Tensor:
-    """Per-hidden-unit ``sum |w|^p`` over every weight attached to that unit."""
+
+def _lstm_unit_sum(lstm: nn.LSTM, values: Values) -> torch.Tensor:
+    """Per-hidden-unit sum of ``values(w)`` over every weight attached to that unit."""
     hidden = lstm.hidden_size
     score = torch.zeros(hidden)
     for k, sfx in _lstm_weight_names(lstm):
         for name in (f"weight_ih_l{k}", f"weight_hh_l{k}"):
-            w = getattr(lstm, name + sfx).detach().abs().pow(p).cpu()
+            w = values(getattr(lstm, name + sfx))
             score += w.view(4, hidden, -1).sum(dim=(0, 2))  # rows: 4 gate rows per unit
             if name.startswith("weight_hh") or k > 0:
                 score += w.sum(dim=0)  # columns: the unit's recurrent / next-layer fan-out
         if lstm.bias:
             for name in (f"bias_ih_l{k}", f"bias_hh_l{k}"):
-                b = getattr(lstm, name + sfx).detach().abs().pow(p).cpu()
-                score += b.view(4, hidden).sum(dim=0)
+                score += values(getattr(lstm, name + sfx)).view(4, hidden).sum(dim=0)
     return score
 
 
-def _lstm_input_l1(lstm: nn.LSTM, p: int) -> torch.Tensor:
-    """Per-input-feature ``sum |w|^p`` over the first layer's input columns."""
+def _lstm_input_sum(lstm: nn.LSTM, values: Values) -> torch.Tensor:
+    """Per-input-feature sum of ``values(w)`` over the first layer's input columns."""
     score = torch.zeros(lstm.input_size)
     for sfx in _directions(lstm):
-        score += getattr(lstm, f"weight_ih_l0{sfx}").detach().abs().pow(p).sum(dim=0).cpu()
+        score += values(getattr(lstm, f"weight_ih_l0{sfx}")).sum(dim=0)
     return score
 
 
-class L1Importance(tp.importance.GroupMagnitudeImportance):
-    """tp's group L1 importance (``GroupMagnitudeImportance(p=1)``) that also scores LSTMs.
+def _lstm_unit_vectors(lstm: nn.LSTM, values: Values) -> torch.Tensor:
+    """One row per hidden unit: ``values(w)`` of every weight attached to it, side by side."""
+    hidden = lstm.hidden_size
+    parts = []
+    for k, sfx in _lstm_weight_names(lstm):
+        for name in (f"weight_ih_l{k}", f"weight_hh_l{k}"):
+            w = values(getattr(lstm, name + sfx))
+            parts.append(w.view(4, hidden, -1).transpose(0, 1).reshape(hidden, -1))
+            if name.startswith("weight_hh") or k > 0:
+                parts.append(w.t())
+        if lstm.bias:
+            for name in (f"bias_ih_l{k}", f"bias_hh_l{k}"):
+                parts.append(values(getattr(lstm, name + sfx)).view(4, hidden).t())
+    return torch.cat(parts, dim=1)
 
-    The stock class only reads Conv/Linear/BatchNorm/LayerNorm weights and returns
-    ``None`` for groups without any, which makes the pruner skip them silently — e.g.
-    the hidden units between two stacked LSTMs. Here LSTM scores join the others
-    before tp's own reduction (mean over layers) and normalisation.
+
+def _lstm_input_vectors(lstm: nn.LSTM, values: Values) -> torch.Tensor:
+    """One row per input feature: its columns of the first layer's ``weight_ih``."""
+    return torch.cat([values(getattr(lstm, f"weight_ih_l0{sfx}")).t()
+                      for sfx in _directions(lstm)], dim=1)
+
+
+class _LSTMScores:
+    """Mixin for a tp group importance: LSTM hidden units and LSTM inputs are scored too.
+
+    tp's importances only read Conv/Linear/norm weights and return ``None`` for groups without
+    any, which makes the pruner skip them silently — e.g. the hidden units between two stacked
+    LSTMs. Here every LSTM of a group adds a term (``_lstm_score``) that joins the others before
+    tp's own reduction (mean over layers) and normalisation.
     """
 
-    def __init__(self) -> None:
-        super().__init__(p=1)
-        self._lstm_terms: list[tuple[torch.Tensor, list[int]]] = []
+    _lstm_terms: Sequence[tuple[torch.Tensor, list[int]]] = ()  # set during one __call__
+
+    def _lstm_score(self, lstm: nn.LSTM, hidden: bool, idxs: list[int]) -> torch.Tensor:
+        """Scores of hidden units (``hidden``) or input features ``idxs`` of ``lstm``."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         self._lstm_terms = []
         for item in group:
-            layer, fn = item.dep.layer, item.dep.pruning_fn
-            if not isinstance(layer, nn.LSTM):
-                continue
-            if getattr(fn, "__func__", None) is LSTMPruner.prune_out_channels:
-                local = _lstm_unit_l1(layer, self.p)
-            elif getattr(fn, "__func__", None) is LSTMPruner.prune_in_channels:
-                local = _lstm_input_l1(layer, self.p)
-            else:
-                continue
-            self._lstm_terms.append((local[item.idxs], item.root_idxs))
+            layer, fn = item.dep.layer, getattr(item.dep.pruning_fn, "__func__", None)
+            if isinstance(layer, nn.LSTM) and fn in (LSTMPruner.prune_out_channels,
+                                                     LSTMPruner.prune_in_channels):
+                hidden = fn is LSTMPruner.prune_out_channels
+                self._lstm_terms.append((self._lstm_score(layer, hidden, item.idxs),
+                                         item.root_idxs))
         try:
             imp = super().__call__(group)
             if imp is None and self._lstm_terms:  # LSTM-only group: tp bailed out before reducing
@@ -228,6 +263,94 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
         terms = [t for t, _ in self._lstm_terms]
         idxs = [i for _, i in self._lstm_terms]
         return super()._reduce(terms + list(group_imp), idxs + list(group_idxs))
+
+
+class MagnitudeImportance(_LSTMScores, tp.importance.GroupMagnitudeImportance):
+    """tp's group magnitude importance: ``sum |w|^p`` of each channel's weights, averaged over
+    the group's layers (``p=2``: group L2 norm, squared), LSTMs included."""
+
+    def __init__(self, p: int = 2) -> None:
+        super().__init__(p=p)
+
+    def _lstm_score(self, lstm: nn.LSTM, hidden: bool, idxs: list[int]) -> torch.Tensor:
+        total = _lstm_unit_sum if hidden else _lstm_input_sum
+        return total(lstm, lambda w: w.detach().abs().pow(self.p).cpu())[idxs]
+
+
+class L1Importance(MagnitudeImportance):
+    """Group L1 norm (``MagnitudeImportance(p=1)``, Li et al. 2017), LSTMs included."""
+
+    def __init__(self) -> None:
+        super().__init__(p=1)
+
+
+class TaylorImportance(_LSTMScores, tp.importance.GroupTaylorImportance):
+    """First-order Taylor importance (Molchanov et al. 2019): ``sum |w * dL/dw|`` of each
+    channel's weights, averaged over the group's layers, LSTMs included.
+
+    It reads the gradients the parameters hold: run a backward pass of the task loss (a few
+    training batches) before each pruning step, e.g. through ``prune_structured``'s
+    ``before_step``.
+    """
+
+    def __call__(self, group) -> torch.Tensor | None:
+        for item in group:
+            layer = item.dep.layer
+            if isinstance(layer, (*self.target_types, nn.LSTM)) and any(
+                    p.grad is None for p in layer.parameters(recurse=False)):
+                raise RuntimeError(
+                    f"TaylorImportance needs gradients, but {type(layer).__name__} has none: "
+                    "run a backward pass of the loss before each pruning step (before_step)")
+        return super().__call__(group)
+
+    def _lstm_score(self, lstm: nn.LSTM, hidden: bool, idxs: list[int]) -> torch.Tensor:
+        total = _lstm_unit_sum if hidden else _lstm_input_sum
+        return total(lstm, lambda w: (w.detach() * w.grad).abs().cpu())[idxs]
+
+
+class FPGMImportance(_LSTMScores, tp.importance.FPGMImportance):
+    """Filter pruning via geometric median (He et al. 2019): a channel whose weights lie close
+    to all the others' (near their geometric median) is redundant and goes first. A channel's
+    score is its summed distance to the others (on ``|w|^p``, as tp computes it), LSTMs
+    included."""
+
+    def _lstm_score(self, lstm: nn.LSTM, hidden: bool, idxs: list[int]) -> torch.Tensor:
+        rows = _lstm_unit_vectors if hidden else _lstm_input_vectors
+        v = rows(lstm, lambda w: w.detach().abs().pow(self.p).cpu())[idxs]
+        return torch.cdist(v[None], v[None], p=2)[0].abs().sum(dim=0)
+
+
+# --------------------------------------------------------------------------- global ranking
+
+
+class CappedPruner(tp.pruner.BasePruner):
+    """tp's pruner whose global ranking leaves every group its share ``1 - max_pruning_ratio``.
+
+    tp applies ``max_pruning_ratio`` only between steps (a group already past it is not ranked
+    again): within one step global ranking may select every channel of a group, which
+    ``check_pruning_group`` then refuses, so that group stays unpruned and the step falls short
+    of the ratio (at 0.5 the transformer's head dims, scored as a mean over heads, go that way).
+    Here the ``int(width * (1 - max_pruning_ratio))`` best channels of each group (at least 1)
+    score above any other before tp takes the threshold. The order within a group is kept, so
+    local ranking (no ``global_pruning``) picks exactly the channels tp's pruner picks.
+    """
+
+    _KEEP = 2.0**20  # above any normalised score; + rank keeps the order (exact in float32)
+
+    def estimate_importance(self, group) -> torch.Tensor | None:
+        imp = super().estimate_importance(group)
+        if imp is None or not self.global_pruning:
+            return imp
+        root = group[0].dep
+        initial = (self.layer_init_out_ch if self.DG.is_out_channel_pruning_fn(root.handler)
+                   else self.layer_init_in_ch)[root.target.module]
+        ch_groups = self._get_channel_groups(group)  # heads: every head keeps the same dims
+        keep = max(1, int(initial // ch_groups * (1 - self.max_pruning_ratio)))
+        dims = imp.view(ch_groups, -1).clone()
+        best = dims.mean(dim=0).argsort(descending=True, stable=True)[:keep]
+        rank = torch.arange(len(best), 0, -1, dtype=dims.dtype, device=dims.device)
+        dims[:, best] = self._KEEP + rank
+        return dims.view(-1)
 
 
 # --------------------------------------------------------------------------- attention

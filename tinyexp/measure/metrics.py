@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from tinyexp.data.windows import AnomalySegment
 
@@ -72,9 +78,11 @@ def anomaly_metrics(
     window i covers rows i..i+W-1) are over when their score exceeds UCL; point t, for t in
     range(W-1, len(scores)-W+1), is flagged when all of ``over[t-W+1:t]`` hold, other points
     are normal. Predictions and labels of all segments are pooled for F1 (anomaly positive),
-    FAR = FP/(FP+TN) and MAR = FN/(FN+TP). ``roc_auc`` ranks points by the threshold-free
-    score ``min(scores[t-W+1:t])`` (points out of range rank lowest). ``mse`` is the mean
-    squared reconstruction error over test windows holding no anomalous point.
+    FAR = FP/(FP+TN) and MAR = FN/(FN+TP). ``roc_auc`` and ``pr_auc`` (average precision, the
+    area under the precision-recall curve; anomalies are the rare positive class, so it is the
+    stricter of the two) rank points by the threshold-free score ``min(scores[t-W+1:t])``
+    (points out of range rank lowest). ``mse`` is the mean squared reconstruction error over
+    test windows holding no anomalous point.
 
     Args:
         predict: maps (B, W, C) float32 windows to reconstructions.
@@ -85,7 +93,8 @@ def anomaly_metrics(
         batch_size: windows per ``predict`` call.
 
     Returns:
-        Dict of python floats: mse, f1, far, mar, roc_auc (nan when only one class is present).
+        Dict of python floats: mse, f1, far, mar, roc_auc and pr_auc (the last two nan when
+        only one class is present).
     """
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
@@ -124,7 +133,9 @@ def anomaly_metrics(
     finite = np.isfinite(y_score)
     # Out-of-range points can never be flagged: rank them strictly below every real score.
     y_score[~finite] = (y_score[finite].min() - 1.0) if finite.any() else 0.0
-    roc_auc = float(roc_auc_score(y_true, y_score)) if len(np.unique(y_true)) == 2 else float("nan")
+    both = len(np.unique(y_true)) == 2
+    roc_auc = float(roc_auc_score(y_true, y_score)) if both else float("nan")
+    pr_auc = float(average_precision_score(y_true, y_score)) if both else float("nan")
 
     return {
         "mse": clean_sq / clean_count if clean_count else float("nan"),
@@ -132,6 +143,7 @@ def anomaly_metrics(
         "far": _rate(fp, fp + tn),
         "mar": _rate(fn, fn + tp),
         "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
     }
 
 

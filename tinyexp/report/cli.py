@@ -44,12 +44,15 @@ def write_report(records: list[Record], out_dir: Path, metrics: Sequence[str],
                  title: str) -> list[Path]:
     """Write the report of ``records`` into ``out_dir``; return the files written:
 
-    * ``sensitivity.md`` / ``.csv`` / ``.html``: one row per run (dataset, architecture,
-      pruning, quantization) with the task metrics, parameters, MACs, latency, file size,
-      flash and RAM of its final stage, each next to its change against that run's own float
-      baseline (``<metric>_delta``; ``<cost>_reduction_pct``, positive = smaller or faster);
-    * ``metric_vs_ratio.png`` (sensitivity curves per architecture), ``metric_vs_size.png``
-      (with the Pareto front) and ``latency_vs_size.png``, for the first of ``metrics``.
+    * ``sensitivity.md`` / ``.csv`` / ``.html``: one row per configuration (dataset,
+      architecture, pruning, quantization, number of seeds; runs that differ only by seed
+      merged) with the task metrics, parameters, MACs, latency, file size, flash and RAM of
+      its final stage, each next to its change against the run's own float baseline
+      (``<metric>_delta``; ``<cost>_reduction_pct``, positive = smaller or faster); over
+      several seeds the mean ± the half-width of its 95% interval (CSV: ``<column>_ci95``);
+    * ``metric_vs_ratio.png`` (sensitivity curves per architecture, from the float baseline
+      at ratio 0), ``metric_vs_size.png`` (with the Pareto front) and ``latency_vs_size.png``,
+      for the first of ``metrics``, with error bars over seeds.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(records, metrics)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyexp.config import ALL_TASK_METRICS
-from tinyexp.measure import changes
+from tinyexp.measure import changes, stats
+from tinyexp.report.seeds import merge_seeds, run_settings
 from tinyexp.stages.base import MODEL_STAGES
 
 # A run's last stage holds the deployable artifact: it is the one the table reports.
@@ -41,6 +42,10 @@ class Record:
     quant: str
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    seed: int | None = None
+    # The run's config without its seed (sorted flat key/value pairs): runs that differ only
+    # by seed have equal settings and merge into one row (tinyexp.report.seeds).
+    settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def stage(self) -> str:
@@ -48,10 +53,28 @@ class Record:
         return [s for s in STAGES if f"{s}/params" in self.metrics][-1]
 
     def final(self, name: str) -> float | None:
+        """The final stage's value of ``name`` (the mean over seeds for a repeated run)."""
         return self.metrics.get(f"{self.stage}/{name}")
 
     def base(self, name: str) -> float | None:
         return self.metrics.get(f"baseline/{name}")
+
+    def final_ci(self, name: str) -> float | None:
+        """Half-width of the 95% interval of :meth:`final` over seeds; None for one seed."""
+        return stats.mean_ci(self.metrics, f"{self.stage}/{name}")[1]
+
+    def base_ci(self, name: str) -> float | None:
+        return stats.mean_ci(self.metrics, f"baseline/{name}")[1]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds the metrics are over (empty when the run's seed is unknown)."""
+        per_seed = stats.per_seed(self.metrics)
+        return sorted(per_seed) if per_seed else [] if self.seed is None else [self.seed]
+
+    @property
+    def n_seeds(self) -> int:
+        return stats.repeats(self.metrics)
 
 
 # ----------------------------------------------------------------------------- selecting runs
@@ -73,14 +96,22 @@ def records_from_mlflow(runs: list[dict[str, Any]]) -> list[Record]:
         tags, metrics = run["tags"], run["metrics"]
         if "tinyexp.arch" not in tags or "baseline/params" not in metrics:
             continue
-        prune = tags.get("tinyexp.prune", "none")
+        prune, params = tags.get("tinyexp.prune", "none"), run["params"]
         records.append(Record(
             name=run["name"], dataset=tags.get("tinyexp.dataset", "?"), arch=tags["tinyexp.arch"],
-            prune=prune, ratio=_ratio(prune, run["params"].get("prune.ratio")),
-            quant=_quant(tags.get("tinyexp.quant", "none"), run["params"].get("quant.weight_bits"),
-                         run["params"].get("quant.act_bits")),
-            metrics=metrics, run_id=run["run_id"]))
+            prune=prune, ratio=_ratio(prune, params.get("prune.ratio")),
+            quant=_quant(tags.get("tinyexp.quant", "none"), params.get("quant.weight_bits"),
+                         params.get("quant.act_bits")),
+            metrics=metrics, run_id=run["run_id"], seed=_seed(params.get("seed")),
+            settings=run_settings(params)))
     return records
+
+
+def _seed(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
@@ -91,6 +122,7 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
     from omegaconf import OmegaConf
 
     from tinyexp.config import describe, option_name
+    from tinyexp.tracking import flatten
 
     records, missing = [], []
     # Hydra gives every job folder a .hydra/; our config.yaml appears once the job finishes.
@@ -112,7 +144,8 @@ def records_from_dir(sweep_dir: Path) -> tuple[list[Record], list[str]]:
             ratio=_ratio(option_name(cfg, "prune"), prune.get("ratio")),
             quant=_quant(option_name(cfg, "quant"), quant.get("weight_bits"),
                          quant.get("act_bits")),
-            metrics=metrics))
+            metrics=metrics, seed=_seed(cfg.get("seed")),
+            settings=run_settings(flatten(OmegaConf.to_container(cfg, resolve=True)))))
     return records, missing
 
 
@@ -178,27 +211,42 @@ def sort_key(record: Record) -> tuple:
     return record.dataset, record.arch, record.ratio, quant_rank(record.quant), record.name
 
 
+def _quantities(values: dict[str, float], stage: str,
+                metrics: Sequence[str]) -> dict[str, float | None]:
+    """The numbers of one row for one seed: each value next to its baseline and its change."""
+    out: dict[str, float | None] = {}
+    for name in metrics:
+        base, value = values.get(f"baseline/{name}"), values.get(f"{stage}/{name}")
+        out.update({f"baseline_{name}": base, name: value,
+                    f"{name}_delta": changes.delta(base, value)})
+    for key, _ in COSTS:
+        base, value = values.get(f"baseline/{key}"), values.get(f"{stage}/{key}")
+        out.update({f"baseline_{key}": base, key: value,
+                    f"{key}_reduction_pct": changes.reduction_pct(base, value)})
+    return out
+
+
 def table_rows(records: list[Record], metrics: Sequence[str]) -> list[dict[str, Any]]:
-    """One row of raw numbers per run: the CSV, and what the other formats print.
+    """One row of raw numbers per configuration (runs that differ only by seed merged, see
+    :mod:`tinyexp.report.seeds`): the CSV, and what the other formats print.
 
     Next to each value: ``<metric>_delta`` (stage - baseline) for task metrics and
     ``<cost>_reduction_pct`` (positive = smaller or faster) for costs, against the run's own
-    float baseline.
+    float baseline. Over several seeds every number is the mean over the seeds where it is
+    finite, each change computed per seed against that seed's baseline, and each has a
+    ``_ci95`` column (half-width of the 95% interval, t-distribution; empty for one seed);
+    ``n_seeds`` and ``seeds`` say which seeds, ``run_id`` holds the runs' ids.
     """
     rows = []
-    for r in sorted(records, key=sort_key):
+    for r in sorted(merge_seeds(records), key=sort_key):
+        seeds = stats.per_seed(r.metrics) or {0: r.metrics}
+        numbers = stats.aggregate({s: _quantities(v, r.stage, metrics) for s, v in seeds.items()})
         row: dict[str, Any] = {"run": r.name, "dataset": r.dataset, "arch": r.arch,
                                "prune": r.prune, "ratio": r.ratio, "quant": r.quant,
-                               "stage": r.stage}
-        for name in metrics:
-            value, base = r.final(name), r.base(name)
-            row[f"baseline_{name}"] = base
-            row[name] = value
-            row[f"{name}_delta"] = changes.delta(base, value)
-        for key, _ in COSTS:
-            row[f"baseline_{key}"] = r.base(key)
-            row[key] = r.final(key)
-            row[f"{key}_reduction_pct"] = changes.reduction_pct(r.base(key), r.final(key))
+                               "stage": r.stage, "n_seeds": r.n_seeds,
+                               "seeds": " ".join(map(str, r.seeds))}
+        for key in _quantities({}, r.stage, metrics):
+            row[key], row[f"{key}_ci95"] = stats.mean_ci(numbers, key)
         row["run_id"] = r.run_id
         rows.append(row)
     return rows

@@ -1,7 +1,8 @@
 """Report tables: the Markdown, CSV, HTML and console (compact) tables of the runs.
 
 Numbers are formatted by :func:`tinyexp.summary.fmt_number` and changes against the baseline
-by :func:`tinyexp.summary.fmt_reduction`, as in the console table of a single run.
+by :func:`tinyexp.summary.fmt_reduction`, as in the console table of a single run; over
+several seeds each as ``mean ± ci95`` (:func:`tinyexp.summary.fmt_mean_ci`).
 """
 
 from __future__ import annotations
@@ -15,34 +16,53 @@ from pathlib import Path
 from typing import Any
 
 from tinyexp.files import atomic_write
-from tinyexp.measure import changes
-from tinyexp.report.runs import COSTS, Record, sort_key
-from tinyexp.summary import fmt_number, fmt_reduction
+from tinyexp.report.runs import COSTS, Record, table_rows
+from tinyexp.summary import fmt_mean_ci, fmt_number, fmt_reduction
 
 # Said under every table: which change the brackets hold, and its sign.
 CHANGE_NOTE = ("Final stage of each run; in brackets the change against the run's own float "
                "baseline: task metrics stage - baseline, costs percent smaller (or larger; "
                "faster or slower for latency).")
+# Added when a row is over several seeds.
+SEEDS_NOTE = ("Over several seeds: mean ± half-width of its 95% confidence interval "
+              "(t-distribution), each change computed per seed against that seed's baseline; "
+              "no ± where every seed gave the same number.")
+# The console's version, under the compact table.
+COMPACT_SEEDS_NOTE = "a ± b: mean ± 95% CI over the row's seeds (t-distribution)"
+
+
+def note(rows: list[dict[str, Any]]) -> str:
+    """What the cells hold: :data:`CHANGE_NOTE`, and :data:`SEEDS_NOTE` over several seeds."""
+    several = any(row["n_seeds"] > 1 for row in rows)
+    return CHANGE_NOTE + (" " + SEEDS_NOTE if several else "")
+
+
+def _cell(row: dict[str, Any], key: str, change: str | None, decimals: int = 1,
+          brackets: bool = True) -> str:
+    """``value ± ci`` and, unless the row is its own baseline, the change (± ci): a task
+    metric's ``<key>_delta``, or a cost's ``<key>_reduction_pct`` in words."""
+    text = fmt_mean_ci(row[key], row[f"{key}_ci95"])
+    if change is None or row["stage"] == "baseline":  # its own baseline: no change to show
+        return text
+    value, ci = row[change], row[f"{change}_ci95"]
+    if value is None:
+        return text
+    shown = fmt_mean_ci(value, ci, signed=True) if change.endswith("_delta") \
+        else fmt_reduction(value, key, decimals, ci=ci)
+    return f"{text} ({shown})" if brackets else f"{text} {shown}"
 
 
 def _cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """A row as display cells: value with its change against the baseline in brackets."""
     prune = "none" if row["prune"] == "none" else f"{row['prune']} {fmt_number(row['ratio'])}"
-    cells = [row["run"], row["arch"], prune, row["quant"]]
-    is_base = row["stage"] == "baseline"  # its own baseline: no change to show
-    for name in metrics:
-        delta = None if is_base else row[f"{name}_delta"]
-        cells.append(fmt_number(row[name])
-                     + ("" if delta is None else f" ({fmt_number(delta, signed=True)})"))
-    for key, _ in COSTS:
-        reduction = None if is_base else row[f"{key}_reduction_pct"]
-        cells.append(fmt_number(row[key])
-                     + ("" if reduction is None else f" ({fmt_reduction(reduction, key)})"))
+    cells = [row["run"], row["arch"], prune, row["quant"], str(row["n_seeds"])]
+    cells += [_cell(row, name, f"{name}_delta") for name in metrics]
+    cells += [_cell(row, key, f"{key}_reduction_pct") for key, _ in COSTS]
     return cells
 
 
 def _headers(metrics: Sequence[str]) -> list[str]:
-    return ["run", "arch", "pruning", "quant", *metrics, *(h for _, h in COSTS)]
+    return ["run", "arch", "pruning", "quant", "n seeds", *metrics, *(h for _, h in COSTS)]
 
 
 def to_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
@@ -50,7 +70,7 @@ def to_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     lines += ["| " + " | ".join(_cells(row, metrics)) + " |" for row in rows]
-    return CHANGE_NOTE + "\n\n" + "\n".join(lines) + "\n"
+    return note(rows) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -83,7 +103,7 @@ tr:nth-child(even) {{ background: #f6f6f6; }}
 img {{ max-width: 720px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(CHANGE_NOTE)}</p>
+<p>{html.escape(note(rows))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>
@@ -103,18 +123,17 @@ def align(lines: list[list[str]]) -> str:
 
 
 def compact_table(records: list[Record], metric: str) -> str:
-    """The console version: one line per run, the changes against its own baseline."""
+    """The console version: one line per configuration (runs that differ only by seed
+    merged), the changes against its own baseline."""
     costs = ("macs", "size_bytes", "flash_bytes", "ram_bytes", "latency_ms")
-    lines = [["run", metric, f"{metric} delta", "MACs", "size B", "flash B", "RAM B",
+    rows = table_rows(records, [metric])
+    lines = [["run", "seeds", metric, f"{metric} delta", "MACs", "size B", "flash B", "RAM B",
               "latency ms"]]
-    for r in sorted(records, key=sort_key):
-        is_base = r.stage == "baseline"  # its own baseline: no change to show
-        delta = None if is_base else changes.delta(r.base(metric), r.final(metric))
-        cells = [r.name, fmt_number(r.final(metric)),
-                 "" if delta is None else fmt_number(delta, signed=True)]
-        for key in costs:
-            reduction = None if is_base else changes.reduction_pct(r.base(key), r.final(key))
-            cells.append(fmt_number(r.final(key)) + (
-                "" if reduction is None else f" {fmt_reduction(reduction, key, decimals=0)}"))
-        lines.append(cells)
-    return align(lines)
+    for row in rows:
+        delta = "" if row["stage"] == "baseline" or row[f"{metric}_delta"] is None else \
+            fmt_mean_ci(row[f"{metric}_delta"], row[f"{metric}_delta_ci95"], signed=True)
+        lines.append([row["run"], str(row["n_seeds"]), _cell(row, metric, None), delta,
+                      *(_cell(row, key, f"{key}_reduction_pct", decimals=0, brackets=False)
+                        for key in costs)])
+    several = any(row["n_seeds"] > 1 for row in rows)
+    return align(lines) + ("\n" + COMPACT_SEEDS_NOTE if several else "")

@@ -19,10 +19,12 @@ class Context:
         datamodule: the run's LightningDataModule (its ``task`` says anomaly or classification).
         example: one input batch (batch 1) the network accepts: tracing, export, timing.
         calibration: ``calibration(n)`` -> up to ``n`` training inputs as a float32 array.
-        fit: ``fit(net, stage, max_epochs, searched=True)`` trains ``net`` in place with the
-            run's Trainer and optimizer, logs its curves as ``curves/<stage>/...`` and returns
-            the training info (``epochs``, ...); ``searched`` attaches the Optuna search's
-            pruning callback (it reports the fine-tune's progress to the trial).
+        fit: ``fit(net, stage, max_epochs, searched=True, lr=None)`` fine-tunes ``net`` in place
+            with the run's Trainer and optimizer under the ``finetune`` settings (learning rate,
+            schedule; ``lr`` overrides the rate), distilling from ``teacher`` when set, logs its
+            curves as ``curves/<stage>/...`` and returns the training info (``epochs``, ...);
+            ``searched`` attaches the Optuna search's pruning callback (it reports the
+            fine-tune's progress to the trial).
         evaluate: ``evaluate(net)`` -> the task metrics of a float network on the test data.
         measure_float: ``measure_float(net, name)`` exports ``net`` to ``<out_dir>/<name>.onnx``
             and measures it (task metrics, params, MACs, size, latency, flash, RAM).
@@ -33,6 +35,8 @@ class Context:
         out_dir: the job's output folder.
         artifacts: files to attach to the run, as ``(path, folder in the run or None)``.
         tags: run tags a stage sets (``tinyexp.quant_float_ops``, ...).
+        teacher: the network every later fine-tune distills from (set by ``distill=kd``).
+        distill: the distillation spec (``temperature``, ``weight``) that set ``teacher``.
     """
 
     datamodule: Any
@@ -47,6 +51,8 @@ class Context:
     out_dir: Path
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    teacher: Any = None
+    distill: Any = None
 
 
 @dataclass
