@@ -96,7 +96,7 @@ CONTEXT = {
     "arch=custom_cnn": ["dataset=digits"],
     "arch=lstm": ["arch.num_layers=2"],            # dropout acts between stacked layers
     "quant=dynamic": ["arch=custom_cnn", "dataset=digits"],  # per-channel: Linear weights
-    "quant=qat": ["quant.epochs=1"],
+    "quant=qat": ["quant.epochs=1", "arch=custom_cnn", "dataset=digits"],  # fold_bn: BatchNorm
     "analysis=layers": ["analysis.ratios=[0.5]"],
     "distill=kd": ["dataset=digits", "arch=custom_cnn"],  # the temperature softens logits
     # Every pruning criterion under global ranking, with decoder.1.0's share read from a

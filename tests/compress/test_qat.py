@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from nets import SMALL, C, W, build, sample
 
 from tinyexp.compress.qat import (
@@ -174,3 +175,48 @@ def test_bare_layer_is_quantized():
     qlayer = to_qat(layer, 4, 8)
     assert type(qlayer).__name__ == "QuantLinear"
     assert qat_weight_bits(qlayer) == {"": 4}
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _scaling(quant_proxy: nn.Module) -> nn.Module:
+    return quant_proxy.fused_activation_quant_proxy.tensor_quant.scaling_impl
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_calibration_sets_every_activation_range_from_its_input(arch):
+    net = float_net(arch, pruned=False)
+    qnet = to_qat(net, 8, 8)
+    proxies = {name: m for name, m in qnet.named_modules()
+               if isinstance(m, ActQuantProxyFromInjectorBase) and m.is_quant_enabled}
+    # one input quantizer per quantized layer (QuantInputLSTM's sits in its QuantIdentity),
+    # the network's first layer included
+    assert sorted(n.removesuffix(".act_quant").removesuffix(".input_quant")
+                  for n in proxies) == sorted(quantized_layer_names(net))
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(_module, args) -> None:
+            seen[name] = args[0].detach().abs().flatten()
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in proxies.items()]
+    x = sample(arch, 32)
+    calibrate(qnet, x)
+    for hook in hooks:
+        hook.remove()
+    for name, proxy in proxies.items():
+        scaling = _scaling(proxy)
+        assert scaling.counter > scaling.collect_stats_steps, name  # learned from now on
+        expected = torch.quantile(seen[name], 0.99999)  # Brevitas' percentile: nearly the max
+        torch.testing.assert_close(scaling.value.detach(), expected, rtol=0.02, atol=1e-6)
+
+
+def test_calibration_ranges_span_all_batches_not_their_mean():
+    layer = nn.Linear(C, 4)
+    quiet, loud = torch.randn(256, C), 10 * torch.randn(256, C)
+    qlayer = calibrate(to_qat(layer, 8, 8), [quiet, (loud, None)])
+    value = float(_scaling(qlayer.input_quant).value)
+    # one pass over both: the loud batch sets the range (an average would halve it)
+    assert value > 0.9 * float(loud.abs().max())

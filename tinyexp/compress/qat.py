@@ -9,10 +9,10 @@ takes over its float weights, so QAT starts from the float model's accuracy. Eve
 between these layers (ReLU, norms, attention matmuls, softmax, residual adds, embeddings)
 stays float, exactly as the model's ``forward`` writes it.
 
-Activation scales start from statistics: in training mode the first 30 forward passes
+Activation scales start from statistics: in training mode the first 300 forward passes
 collect them (like BatchNorm running stats), after which they become learned parameters.
-Call :func:`calibrate` with a few batches right after :func:`to_qat` to initialise them
-before any evaluation, or an un-calibrated model clips its activations to ``[-1, 1]``.
+Call :func:`calibrate` right after :func:`to_qat` to initialise them from data before any
+training or evaluation, or an un-calibrated model clips its activations to ``[-1, 1]``.
 
 LSTMs: Brevitas' QCDQ export supports weight-only quantized LSTMs (exported as the standard
 ONNX ``LSTM`` op fed by dequantized integer weights), not quantized gates or cell state.
@@ -37,6 +37,7 @@ import copy
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -62,6 +63,7 @@ __all__ = [
     "qat_unsupported",
     "qat_weight_bits",
     "to_qat",
+    "validation_loss",
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -224,13 +226,15 @@ def to_qat(net: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
 
 
 @torch.no_grad()
-def calibrate(qnet: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> nn.Module:
+def calibrate(qnet: nn.Module, batches: torch.Tensor | Iterable[Any]) -> nn.Module:
     """Initialise the activation scales of ``qnet`` from float statistics of ``batches``.
 
-    Runs the batches with quantization off while the activation quantizers record their
-    input range (99.999th percentile of ``|x|``), then freezes those ranges as the initial
-    learned scales. Without it, the first training steps do the same job, but an
-    un-calibrated model evaluated before training clips activations to ``[-1, 1]``.
+    Runs all the inputs as one batch, quantization off, while each activation quantizer
+    records the 99.999th percentile of ``|x|`` at its input (over all the inputs: Brevitas
+    would average per-batch percentiles, and an average of small batches clips the rare
+    large activations), then freezes those ranges as the initial learned scales. The ranges
+    bound what the deployed model can represent: calibrate on every input it must handle
+    well, the data an anomaly threshold is set on included.
 
     Args:
         qnet: A model from :func:`to_qat`; modified in place.
@@ -242,16 +246,37 @@ def calibrate(qnet: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -
     """
     if isinstance(batches, torch.Tensor):
         batches = [batches]
+    x = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in batches])
     training = qnet.training
     qnet.eval()  # dropout off; calibration_mode switches the quantizers to stats collection
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with calibration_mode(qnet):
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                qnet(x)
+            qnet(x)
     qnet.train(training)
     return qnet
+
+
+@torch.no_grad()
+def validation_loss(net: nn.Module, datamodule: Any) -> float:
+    """The task loss of ``net`` on the validation data, as training's ``val/loss`` has it.
+
+    Reconstruction MSE for anomaly data (batches are inputs), cross-entropy for
+    classification (batches are ``(input, label)``), averaged over samples, in eval mode.
+    """
+    training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    for batch in datamodule.val_dataloader():
+        if datamodule.task == "anomaly":
+            loss = nn.functional.mse_loss(net(batch), batch)
+            n = len(batch)
+        else:
+            x, y = batch
+            loss, n = nn.functional.cross_entropy(net(x), y), len(y)
+        total, count = total + float(loss) * n, count + n
+    net.train(training)
+    return total / max(count, 1)
 
 
 class _LSTMCellFn(torch.autograd.Function):

@@ -8,6 +8,7 @@ Runtime: the accuracy of the quantized model is the accuracy of the artifact its
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 ARTIFACT = "quantized.onnx"
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qoperator", "qdq")
+# QAT calibrates on at most this many inputs, evenly spread over training and validation data
+# (all of them for sensors and digits): one batch, so a transformer's attention maps of a
+# larger data set (SKAB: 5,456 windows) stay within a few hundred MB.
+QAT_CALIBRATION_INPUTS = 2048
 
 
 @dataclass
@@ -146,30 +151,65 @@ class QATQuant(_Quantize):
         weight_bits: bits of the weights, 2..8.
         act_bits: bits of the activations, 2..8.
         epochs: fine-tuning epochs (early stopping still applies).
+        lr: the QAT fine-tune's learning rate (instead of ``finetune.lr``/``optim.lr``; the
+            rest of ``optim`` and ``finetune`` as configured). A tenth of training's: QAT
+            starts from a trained model, which the training rate shakes off its optimum.
+        fold_bn: fold each BatchNorm into the Conv/Linear before it first, so QAT trains the
+            weights the deployed graph holds (post-training quantization folds them too).
     """
 
     name: str = "qat"
     weight_bits: int = 8
     act_bits: int = 8
     epochs: int = 10
+    lr: float = 1.0e-4
+    fold_bn: bool = True
 
     def __post_init__(self) -> None:
         for key in ("weight_bits", "act_bits"):
             value = getattr(self, key)
             _require(2 <= value <= 8, f"quant.{key}", f"must be an int in [2, 8], got {value}")
         _require(self.epochs >= 1, "quant.epochs", f"must be an int >= 1, got {self.epochs}")
+        _require(self.lr > 0, "quant.lr", f"must be a number > 0, got {self.lr}")
 
     def label(self) -> str:
         return f"qat-w{self.weight_bits}a{self.act_bits}"
 
-    def quantize(self, net: Any, ctx: Context, artifact: Path) -> tuple[Any, dict[str, Any]]:
+    def prepare(self, net: Any, ctx: Context) -> Any:
+        """The QAT network before training: BatchNorm folded, quantizers calibrated."""
         import torch
 
-        from tinyexp.compress.qat import calibrate, export_qcdq, to_qat
+        from tinyexp.compress.fold import fold_batchnorm
+        from tinyexp.compress.qat import calibrate, to_qat
 
+        if self.fold_bn:
+            net = fold_batchnorm(net, ctx.example)
         qnet = to_qat(net, self.weight_bits, self.act_bits)
-        # Set activation scales from data first: fresh quantizers clip to [-1, 1].
-        calibrate(qnet, torch.from_numpy(ctx.calibration(256)))
-        info = ctx.fit(qnet, "qat", self.epochs)
+        # Activation ranges from the training and the validation inputs, so QAT starts where
+        # the float model is (fresh quantizers clip to [-1, 1]). Validation too: a window whose
+        # activations leave the calibrated range is clipped and reconstructed badly, and the
+        # anomaly threshold is set on the training series' windows, the validation part too.
+        x = torch.cat([torch.from_numpy(ctx.calibration(sys.maxsize)),
+                       *(b[0] if isinstance(b, (tuple, list)) else b
+                         for b in ctx.datamodule.val_dataloader())])
+        keep = torch.linspace(0, len(x) - 1, min(len(x), QAT_CALIBRATION_INPUTS)).round().long()
+        return calibrate(qnet, x[keep.unique()])
+
+    def quantize(self, net: Any, ctx: Context, artifact: Path) -> tuple[Any, dict[str, Any]]:
+        import copy
+
+        from tinyexp.compress.qat import export_qcdq, validation_loss
+
+        qnet = self.prepare(net, ctx)
+        # The calibrated network is epoch 0 of the fine-tune, and a candidate like every epoch:
+        # training restores its best validation epoch, and the start wins when no epoch beats
+        # it (at 8 bits it is often as good as the float model and training only drifts).
+        start, start_loss = copy.deepcopy(qnet.state_dict()), validation_loss(qnet, ctx.datamodule)
+        info = ctx.fit(qnet, "qat", self.epochs, lr=self.lr)
+        kept = validation_loss(qnet, ctx.datamodule) > start_loss
+        if kept:
+            log.info("quant=qat: no epoch beat the calibrated start on validation; keeping it")
+            qnet.load_state_dict(start)
+        ctx.tags["tinyexp.qat_weights"] = "calibrated" if kept else "fine-tuned"
         export_qcdq(qnet, ctx.example, artifact, ctx.opset)
         return qnet, {"epochs": info["epochs"]}
