@@ -67,10 +67,10 @@ def build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
 
 
 def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: Path,
-                  tracker: Any, curve_prefix: str = "", searched: bool = True) -> Context:
+                  tracker: Any, curve_prefix: str = "", with_search: bool = True) -> Context:
     """What the stages share: data, the run's fine-tuning (with curves, the search's pruning
     callback and the teacher of ``distill``), the measuring, the export settings, the folder."""
-    pruning = search.pruning_callback(cfg) if searched else None
+    pruning = search.pruning_callback(cfg) if with_search else None
     measurer = Measurer(datamodule, cfg.dataset, cfg.measure)
     finetune = cfg.get("finetune") or {}
 
@@ -115,7 +115,7 @@ def baseline(net: nn.Module, ctx: Context, cfg: DictConfig, tracker: Any,
 
 
 def run_stages(cfg: DictConfig, specs: dict[str, Any], out_dir: Path, tracker: Any,
-               curve_prefix: str = "", searched: bool = True) -> tuple[dict, str, Context]:
+               curve_prefix: str = "", with_search: bool = True) -> tuple[dict, str, Context]:
     """Baseline, then every configured stage in order, for ``cfg.seed``.
 
     Returns the stage-prefixed metrics (with the changes against the baseline), the last stage
@@ -124,7 +124,7 @@ def run_stages(cfg: DictConfig, specs: dict[str, Any], out_dir: Path, tracker: A
     torch.manual_seed(cfg.seed)
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule)
-    ctx = build_context(cfg, datamodule, out_dir, tracker, curve_prefix, searched)
+    ctx = build_context(cfg, datamodule, out_dir, tracker, curve_prefix, with_search)
     net, report = baseline(net, ctx, cfg, tracker, curve_prefix)
     tracker.set_tags(ctx.tags)
     metrics, final = job.prefixed("baseline", report), "baseline"
@@ -170,7 +170,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 folder = this.out_dir / f"seed{seed}"
                 per_seed[seed], final, ctx = run_stages(
                     with_seed(cfg, seed), specs, folder, tracker, curve_prefix=f"seed{seed}/",
-                    searched=i == 0)  # the search's pruner follows the first seed only
+                    with_search=i == 0)  # the search's pruner follows the first seed only
                 artifacts += [*ctx.artifacts, *((p, f"seed{seed}")
                                                 for p in sorted(folder.glob("*.onnx")))]
                 hits.append(ctx.tags["tinyexp.baseline_cache"])

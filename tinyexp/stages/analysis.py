@@ -7,6 +7,7 @@ can be cut. The network passes through unchanged.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ class LayerAnalysis(Stage):
         from tinyexp.compress.sensitivity import layer_sensitivity
         from tinyexp.report.layers import write_layer_report
 
-        copies = iter(range(1, 1_000_000))
+        copies = itertools.count(1)
 
         def finetune(pruned: Any) -> None:  # curves: layers_copy1, ... in the rows' order
             ctx.fit(pruned, f"layers_copy{next(copies)}", self.finetune_epochs,
