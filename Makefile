@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build from PyPI.
 	$(PY) -m pip install --quiet "torch==2.13.*"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# the deploy extra (litert-torch, tflite-micro) for deploy=tflm and its tests
+	$(PY) -m pip install --quiet -e ".[dev,deploy]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -230,6 +230,18 @@ def observe_distill(cfg, workdir):
             "curve": info["curve"]}
 
 
+def observe_deploy(cfg, workdir):
+    # As after quant=int8 (deploy.mode null follows it): full integer, so calibration counts.
+    ctx = _ctx(cfg, workdir)
+    ctx.quant = "int8"
+    _, report = validate(cfg)["deploy"].apply(_net(cfg), ctx)
+    main = workdir / "firmware" / "main.cc"
+    return {"status": ctx.tags.get("tinyexp.deploy_status"),
+            "metrics": {k: v for k, v in report.items() if not k.startswith("latency")},
+            "timed": sorted(k for k in report if k.startswith("latency")),
+            "main.cc": main.read_text() if main.exists() else None}
+
+
 def _run(cfg, workdir):
     """The whole job, small (no pruning), logged nowhere: what it returns to a sweeper."""
     job_cfg = OmegaConf.to_container(cfg, resolve=True)
@@ -244,6 +256,6 @@ OBSERVERS = {
     "callbacks": observe_callbacks, "logger": observe_logger, "target": observe_target,
     "analysis": observe_analysis, "measure": observe_measure, "search": observe_search,
     "seed": observe_seed, "cache_dir": observe_cache_dir, "finetune": observe_finetune,
-    "distill": observe_distill,
+    "distill": observe_distill, "deploy": observe_deploy,
     "repeats": _run, "objective": _run,
 }

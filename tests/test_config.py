@@ -41,6 +41,8 @@ BAD = [
     (["prune.ratio=-0.1"], "prune.ratio", "[0, 1)"),
     (["prune.ratio=abc"], "prune.ratio", "Float"),
     (["prune.steps=0"], "prune.steps", ">= 1"),
+    (["deploy=tflm", "deploy.mode=int4"], "deploy.mode", "float32, dynamic, int8"),
+    (["deploy=tflm", "deploy.int8_quantizer=tf"], "deploy.int8_quantizer", "pt2e or aeq"),
     (["prune.finetune_epochs=-2"], "prune.finetune_epochs", ">= 0"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs", ">= 1"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs", "int"),

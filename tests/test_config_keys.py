@@ -50,6 +50,10 @@ CHANGES = {
     "objective": "roc_auc",
     "finetune.lr": 0.01,
     "finetune.scheduler": "cosine",
+    "deploy.mode": "dynamic",
+    "deploy.calibration_samples": 8,
+    "deploy.arena_margin": 0.5,
+    "deploy.int8_quantizer": "aeq",
     "dataset.window": 64,                  # still a multiple of the CNN's 4
     "dataset.data_dir": "<skab original>",
     "dataset.folders": ["valve1"],

@@ -31,7 +31,7 @@ ALL_TASK_METRICS = tuple(dict.fromkeys(m for names in TASK_METRICS.values() for 
 META_KEYS = ("name", "task", "input", "threshold_quantile", "threshold_scale")
 
 # The stage groups, in the order the pipeline runs them; each option's YAML names its spec class.
-STAGE_GROUPS = ("analysis", "distill", "prune", "quant")
+STAGE_GROUPS = ("analysis", "distill", "prune", "quant", "deploy")
 
 # Trainer keys we check; any other pytorch_lightning.Trainer keyword passes through untouched.
 _TRAINER_INTS = {"max_epochs": 1, "devices": 1, "log_every_n_steps": 1}
@@ -120,6 +120,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
              f"must be an int >= 0, got {seed!r}")
     specs = {group: _check_node(group, cfg.get(group)) for group in [*SCHEMAS, *SHARED_SCHEMAS]}
     specs.update({group: check_stage(group, cfg.get(group)) for group in STAGE_GROUPS})
+    for group in STAGE_GROUPS:
+        if specs[group] is not None:
+            specs[group].check_ready()
     _check_trainer(cfg.get("trainer"))
     for key, schema in (("measure", Measure), ("finetune", Finetune)):
         specs[key] = _merge(key, key, schema, OmegaConf.to_container(
@@ -161,7 +164,7 @@ def option_name(cfg: Any, group: str) -> str:
 
 def describe(cfg: Any) -> str:
     """A run name that says what it is: ``sensors-cnn-l1@0.5-int8``, ``...-qat-w4a8``,
-    ``...-l1@0.5-none-kd`` with distillation."""
+    ``...-l1@0.5-none-kd`` with distillation, ``...-int8-tflm`` deployed."""
     labels = []
     for group in ("prune", "quant"):
         node = cfg.get(group)
@@ -169,8 +172,9 @@ def describe(cfg: Any) -> str:
             labels.append(option_name(cfg, group))
         else:
             labels.append(check_stage(group, node).label())
-    if cfg.get("distill") is not None:  # distilled fine-tunes: another model than without
-        labels.append(check_stage("distill", cfg.distill).label())
+    for group in ("distill", "deploy"):  # another model (distilled) or measure (deployed)
+        if cfg.get(group) is not None:
+            labels.append(check_stage(group, cfg[group]).label())
     return "-".join([cfg.dataset.name, cfg.arch.name, *labels])
 
 

@@ -37,7 +37,7 @@ class Job:
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The option of each group, as searchable run tags (``tinyexp.arch: cnn``)."""
     return {f"tinyexp.{g}": option_name(cfg, g)
-            for g in ("dataset", "arch", "prune", "quant", "distill", "target")}
+            for g in ("dataset", "arch", "prune", "quant", "distill", "deploy", "target")}
 
 
 def job_folders(cfg: DictConfig) -> Job:
@@ -61,6 +61,17 @@ def job_folders(cfg: DictConfig) -> Job:
 def prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """``{"mse": 1}`` -> ``{"pruned/mse": 1}``."""
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def estimate_check(metrics: dict[str, float]) -> dict[str, float]:
+    """How the ONNX-based estimates of the model that was deployed compare with TFLite Micro:
+    ``deployed/ram_estimate_ratio`` (its ``ram_bytes`` / TFLM's arena) and
+    ``deployed/flash_estimate_ratio`` (its ``flash_bytes`` / the ``.tflite`` bytes)."""
+    source = [s for s in MODEL_STAGES[:-1] if f"{s}/ram_bytes" in metrics][-1]
+    return {"deployed/ram_estimate_ratio":
+            metrics[f"{source}/ram_bytes"] / metrics["deployed/arena_bytes"],
+            "deployed/flash_estimate_ratio":
+            metrics[f"{source}/flash_bytes"] / metrics["deployed/flash_bytes"]}
 
 
 def fits_target(metrics: dict[str, float], stage: str, target: Any) -> bool:

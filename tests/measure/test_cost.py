@@ -79,9 +79,30 @@ def test_peak_activation_memory_follows_tensor_lifetimes(tmp_path):
     from tinyexp.measure.cost import peak_activation_bytes
 
     assert peak_activation_bytes(path) == 400 + 200
+
+
+def test_flash_and_ram_are_the_tflite_micro_deployment(tmp_path):
+    # flash: the .tflite's weights (5,610 floats) and tables; RAM: TFLM's arena, whose planned
+    # activations are the input (400 B) and the first layer's 200 B (ReLU fused), rounded to
+    # 16 B: 400 + 208; the persistent tail comes on top.
+    net = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    path = export_onnx(net, torch.randn(1, 100), tmp_path / "mlp.onnx", opset=OPSET)
     cost = artifact_cost(path, torch.randn(1, 100).numpy(), warmup=1, runs=5)
-    assert cost["flash_bytes"] == cost["size_bytes"]
-    assert cost["ram_bytes"] == 600
+    assert cost["activation_bytes"] == 400 + 208
+    assert cost["ram_bytes"] > cost["activation_bytes"]
+    assert 5610 * 4 < cost["flash_bytes"] < 5610 * 4 + 2000
+    assert cost["size_bytes"] == path.stat().st_size
+
+
+def test_a_model_tflite_micro_cannot_run_keeps_the_onnx_figures(tmp_path):
+    from tinyexp.measure.cost import peak_activation_bytes
+    from tinyexp.models.lstm import LSTMAutoencoder
+
+    path = export_onnx(LSTMAutoencoder(8, 32, hidden_size=8), torch.randn(1, 32, 8),
+                       tmp_path / "lstm.onnx", opset=OPSET)
+    cost = artifact_cost(path, torch.randn(1, 32, 8).numpy(), warmup=1, runs=2)
+    assert cost["flash_bytes"] == cost["size_bytes"] == path.stat().st_size
+    assert cost["ram_bytes"] == cost["activation_bytes"] == peak_activation_bytes(path)
 
 
 def test_quantized_activations_take_less_ram(tmp_path):

@@ -51,7 +51,8 @@ def _context() -> Context:
 
     return Context(datamodule=None, example=None, calibration=unused, fit=unused,
                    evaluate=unused, measure_float=unused, measure_artifact=unused,
-                   sensitivity_metric="mse", opset=17, out_dir=Path("."))
+                   task_metrics=unused, timing={}, sensitivity_metric="mse", opset=17,
+                   out_dir=Path("."))
 
 
 def test_apply_keeps_a_frozen_copy_of_the_incoming_network_as_the_teacher():

@@ -3,11 +3,14 @@
 Every figure comes from the exported file or from timing it in ONNX Runtime, so float, pruned
 and quantized stages are measured the same way. MACs have one definition, :func:`onnx_macs` on
 the graph; a network in PyTorch is counted through its export (:func:`net_macs`), so a figure
-computed before deployment (the per-layer sensitivity analysis) matches the artifact's.
+computed before deployment (the per-layer sensitivity analysis) matches the artifact's. Flash
+and RAM are those of the microcontroller deployment, TFLite Micro, estimated from the same
+file (:mod:`tinyexp.measure.mcu`).
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
 import time
@@ -23,6 +26,7 @@ from torch import nn
 
 from tinyexp.files import atomic_write
 
+log = logging.getLogger(__name__)
 
 def count_params(net: nn.Module) -> int:
     """Number of parameters (weights and biases) of a network."""
@@ -278,14 +282,28 @@ def latency_ms(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> di
 def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> dict:
     """MACs, file size, memory and latency of an ONNX artifact.
 
-    ``flash_bytes`` is the deployable file (graph and weights), what a target's flash must hold;
-    ``ram_bytes`` is ``peak_activation_bytes``; ``warmup`` and ``runs`` go to ``latency_ms``.
+    ``size_bytes`` is the ONNX file. ``flash_bytes`` and ``ram_bytes`` are what the artifact
+    would take on a microcontroller under TFLite Micro, at its precision: the stripped
+    ``.tflite`` flatbuffer and the tensor arena (:func:`tinyexp.measure.mcu.estimate`), whose
+    planned activations are ``activation_bytes``. A graph TFLite Micro cannot run (an LSTM)
+    keeps the ONNX figures: the file, and :func:`peak_activation_bytes` for both RAM keys.
+    ``warmup`` and ``runs`` go to ``latency_ms``.
     """
+    from tinyexp.measure.mcu import Unsupported, estimate
+
     size = Path(path).stat().st_size
+    try:
+        mcu = estimate(path)
+        memory = {"flash_bytes": mcu.flash_bytes, "ram_bytes": mcu.arena_bytes,
+                  "activation_bytes": mcu.head_bytes}
+    except Unsupported as err:
+        log.warning("%s: no TFLite Micro estimate (%s); flash_bytes and ram_bytes are the ONNX "
+                    "file and its peak activations", Path(path).name, err)
+        peak = peak_activation_bytes(path)
+        memory = {"flash_bytes": size, "ram_bytes": peak, "activation_bytes": peak}
     return {
         "macs": onnx_macs(path),
         "size_bytes": size,
-        "flash_bytes": size,
-        "ram_bytes": peak_activation_bytes(path),
+        **memory,
         **latency_ms(path, example, warmup=warmup, runs=runs),
     }

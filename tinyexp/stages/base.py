@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # The stages that measure a deployable network, in run order (an analysis measures none).
-MODEL_STAGES = ("baseline", "pruned", "quantized")
+MODEL_STAGES = ("baseline", "pruned", "quantized", "deployed")
 
 
 @dataclass
@@ -30,6 +30,9 @@ class Context:
             and measures it (task metrics, params, MACs, size, latency, flash, RAM).
         measure_artifact: ``measure_artifact(net, path)`` measures an ONNX file in ONNX
             Runtime (task metrics of the file itself), with ``net``'s parameter count.
+        task_metrics: ``task_metrics(predict)`` -> the task metrics of any predictor (float32
+            array in, outputs out) on the test data: a runtime other than ONNX Runtime's.
+        timing: ``{"warmup": n, "runs": n}`` of every latency measurement (``measure``).
         sensitivity_metric: the metric the per-layer analysis ranks by unless told otherwise.
         opset: the ONNX opset of every export.
         out_dir: the job's output folder.
@@ -37,6 +40,7 @@ class Context:
         tags: run tags a stage sets (``tinyexp.quant_float_ops``, ...).
         teacher: the network every later fine-tune distills from (set by ``distill=kd``).
         distill: the distillation spec (``temperature``, ``weight``) that set ``teacher``.
+        quant: the name of the quantization stage that ran (``int8``, ``qat``, ...), or None.
     """
 
     datamodule: Any
@@ -46,6 +50,8 @@ class Context:
     evaluate: Callable[[Any], dict[str, float]]
     measure_float: Callable[[Any, str], dict[str, float]]
     measure_artifact: Callable[[Any, Path], dict[str, float]]
+    task_metrics: Callable[[Any], dict[str, float]]
+    timing: dict[str, int]
     sensitivity_metric: str
     opset: int
     out_dir: Path
@@ -53,6 +59,7 @@ class Context:
     tags: dict[str, str] = field(default_factory=dict)
     teacher: Any = None
     distill: Any = None
+    quant: str | None = None
 
 
 @dataclass
@@ -73,6 +80,10 @@ class Stage:
     def label(self) -> str:
         """The stage in a run name (``l1@0.5``, ``qat-w4a8``)."""
         return self.name
+
+    def check_ready(self) -> None:
+        """Raise ``ConfigError`` if the stage cannot run on this machine (a missing extra):
+        called by the config check, before anything trains."""
 
     def apply(self, net: Any, ctx: Context) -> tuple[Any, dict[str, Any]]:
         """Apply the stage to ``net``; return the resulting network and the stage's metrics."""

@@ -40,6 +40,7 @@ class _Quantize(Stage):
         from tinyexp.measure.cost import compact_onnx
 
         artifact = ctx.out_dir / ARTIFACT
+        ctx.quant = self.name
         qnet, report = self.quantize(net, ctx, artifact)
         compact_onnx(artifact)
         left = float_compute_ops(artifact)
