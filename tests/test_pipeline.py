@@ -82,10 +82,10 @@ def test_round_to_and_steps_reach_the_pruned_model(jobs):
     shrunk = {k for k in before if widths["default"][k] < before[k]}
     assert shrunk and all(widths["round4"][k] < before[k] for k in shrunk)
     m1, m2 = default["metrics"], stepped["metrics"]
-    assert m1["pruned/steps"] == 1 and m2["pruned/steps"] == 2
+    assert m1["pruned/steps"] == 3 and m2["pruned/steps"] == 2  # the default is 3 steps
     # One fine-tuning epoch after each step (prune.finetune_epochs=1 in TINY).
-    assert m1["pruned/finetune_epochs"] == 1 and m2["pruned/finetune_epochs"] == 2
-    assert m2["pruned/groups_pruned"] > m1["pruned/groups_pruned"]
+    assert m1["pruned/finetune_epochs"] == 3 and m2["pruned/finetune_epochs"] == 2
+    assert m1["pruned/groups_pruned"] > m2["pruned/groups_pruned"]
 
 
 def test_the_run_says_whether_each_stage_fits_the_target(jobs):
@@ -95,7 +95,7 @@ def test_the_run_says_whether_each_stage_fits_the_target(jobs):
     assert "target cortex_m4" in text and "does not fit" not in text
     assert "baseline fits" in text and "pruned fits" in text
     summary = (folder / "summary.txt").read_text()
-    # 10,000 B of flash: the float CNN's ONNX file (~50 kB) does not fit, and the run says so.
+    # 10,000 B of flash: the float CNN (~55 kB as a flatbuffer) does not fit, and the run says so.
     assert small["metrics"]["baseline/flash_bytes"] > 10_000
     assert "baseline does not fit" in summary
 
@@ -119,8 +119,9 @@ def test_every_stage_is_measured_and_compared_with_the_baseline(jobs):
     assert result["objective"] == metrics["quantized/f1"]
     for stage in ("baseline", "pruned", "quantized"):
         file = folder / f"{stage}.onnx"
-        assert metrics[f"{stage}/size_bytes"] == file.stat().st_size == \
-            metrics[f"{stage}/flash_bytes"]
+        assert metrics[f"{stage}/size_bytes"] == file.stat().st_size
+        # flash: the estimated TFLite flatbuffer the file converts to (not the ONNX file)
+        assert 0.5 < metrics[f"{stage}/flash_bytes"] / file.stat().st_size < 2
         for name in ("mse", "f1", "roc_auc", "params", "weight_bytes", "macs", "ram_bytes",
                      "latency_ms", "latency_p90_ms"):
             assert f"{stage}/{name}" in metrics, f"{stage}/{name}"

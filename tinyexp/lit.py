@@ -215,6 +215,22 @@ class RestoreBest(pl.Callback):
             module.load_state_dict(self.state)
 
 
+@contextmanager
+def dropout_rate(net: nn.Module, rate: float | None) -> Iterator[None]:
+    """Every ``nn.Dropout`` of ``net`` at ``rate`` inside the block (None: unchanged), then
+    back at its own rate. Fine-tuning a trained network rarely needs the regularisation that
+    trained it from scratch, and dropout's noise keeps a short fine-tune from settling."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Dropout)] if rate is not None else []
+    rates = [m.p for m in layers]
+    for m in layers:
+        m.p = rate
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, rates, strict=True):
+            m.p = p
+
+
 EpochHook = Callable[[int, dict[str, float]], Any]
 
 

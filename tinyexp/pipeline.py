@@ -35,7 +35,7 @@ from tinyexp.config import (
     validate,
 )
 from tinyexp.files import atomic_write
-from tinyexp.lit import train
+from tinyexp.lit import dropout_rate, train
 from tinyexp.measure.changes import stage_changes
 from tinyexp.measure.network import Measurer
 from tinyexp.measure.stats import aggregate
@@ -78,18 +78,20 @@ def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: 
             lr: float | None = None) -> dict:
         lr = lr or finetune.get("lr")
         kd = ctx.distill
-        return train(net, datamodule, cfg, max_epochs=max_epochs,
-                     extra_callbacks=[pruning] if pruning and searched else [],
-                     on_epoch=tracker.curve_logger(curve_prefix + stage),
-                     optim={"lr": lr} if lr else None,
-                     scheduler=finetune.get("scheduler", "none"), teacher=ctx.teacher,
-                     distill=kd.settings() if kd else None)
+        with dropout_rate(net, finetune.get("dropout")):
+            return train(net, datamodule, cfg, max_epochs=max_epochs,
+                         extra_callbacks=[pruning] if pruning and searched else [],
+                         on_epoch=tracker.curve_logger(curve_prefix + stage),
+                         optim={"lr": lr} if lr else None,
+                         scheduler=finetune.get("scheduler", "none"), teacher=ctx.teacher,
+                         distill=kd.settings() if kd else None)
 
     ctx = Context(
         datamodule=datamodule, example=datamodule.example_input(),
         calibration=datamodule.calibration_windows, fit=fit, evaluate=measurer.evaluate,
         measure_float=lambda net, name: measurer.float_network(net, out_dir / f"{name}.onnx"),
-        measure_artifact=measurer.artifact,
+        measure_artifact=measurer.artifact, task_metrics=measurer.task_metrics,
+        timing={"warmup": cfg.measure.latency_warmup, "runs": cfg.measure.latency_runs},
         sensitivity_metric=SENSITIVITY_METRIC[datamodule.task],
         opset=cfg.measure.opset, out_dir=out_dir)
     return ctx
@@ -134,7 +136,11 @@ def run_stages(cfg: DictConfig, specs: dict[str, Any], out_dir: Path, tracker: A
             net, report = stage.apply(net, ctx)
             tracker.set_tags(ctx.tags)
             metrics.update(job.prefixed(stage.prefix, report))
+            # A deploy job is judged on the deployed model: if it did not deploy, the job has
+            # no final metrics (a sweep's trial fails with the reason) rather than other ones.
             final = stage.prefix if stage.yields_model else final
+    if "deployed/arena_bytes" in metrics:
+        metrics.update(job.estimate_check(metrics))
     for stage in MODEL_STAGES[1:]:
         if f"{stage}/params" in metrics:
             metrics.update(stage_changes(metrics, stage, ALL_TASK_METRICS))
@@ -187,8 +193,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(table, flush=True)
     objective = cfg.get("objective") or PRIMARY_METRIC[ctx.datamodule.task]
     return {
-        "objective": float(metrics[f"{final}/{objective}"]),
+        "objective": _number(metrics.get(f"{final}/{objective}")),
         "final_stage": final,
         "metrics": metrics,
         "mlflow_run_id": tracker.run_id,
     }
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -251,11 +251,14 @@ class Finetune:
     """Every training after the baseline (pruning fine-tunes, QAT): its own optimizer settings."""
 
     lr: float | None = None       # null: optim.lr; QAT has its own quant.lr
-    scheduler: str = "none"       # none | cosine | onecycle
+    scheduler: str = "cosine"     # none | cosine | onecycle
+    dropout: float | None = 0.0   # null: the network's own dropout rates
 
     def __post_init__(self) -> None:
         _require(self.lr is None or self.lr > 0, "finetune.lr",
                  f"must be null or a number > 0, got {self.lr}")
+        _require(self.dropout is None or 0 <= self.dropout < 1, "finetune.dropout",
+                 f"must be null or a number in [0, 1), got {self.dropout}")
         schedulers = ("none", "cosine", "onecycle")
         _require(self.scheduler in schedulers, "finetune.scheduler",
                  f"must be one of {', '.join(schedulers)}, got {self.scheduler!r}")

@@ -56,8 +56,8 @@ class StructuredPrune(Stage):
     prefix = "pruned"
 
     ratio: float = 0.5
-    steps: int = 1
-    finetune_epochs: int = 10
+    steps: int = 3
+    finetune_epochs: int = 60
     round_to: int | None = None
     global_ranking: bool = False
     max_layer_ratio: float = 0.9
