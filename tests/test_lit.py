@@ -388,3 +388,16 @@ def test_the_fine_tuning_arguments_at_their_defaults_change_nothing(compose_cfg)
     for other_weights, other_curve in others:
         assert all(torch.equal(weights[k], other_weights[k]) for k in weights)
         assert other_curve == curve
+
+
+def test_dropout_rate_sets_every_dropout_inside_the_block_and_restores_it():
+    from torch import nn
+
+    from tinyexp.lit import dropout_rate
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.Sequential(nn.Dropout(0.3)))
+    with dropout_rate(net, 0.0):
+        assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.0, 0.0]
+    assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.3]
+    with dropout_rate(net, None):  # null: the network's own rates
+        assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.3]
