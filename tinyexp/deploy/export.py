@@ -116,7 +116,7 @@ def export_tflite(net: nn.Module, example: torch.Tensor, calibration: np.ndarray
 
     model = _tflite.load(data)
     recurrent = _recurrent(net)
-    if recurrent and mode in STATIC_MODES:
+    if recurrent and mode in (*STATIC_MODES, "float32"):  # the modes TFLM could run
         _refuse_unloadable_recurrent(data, model, recurrent, where)
     _check_mode(model, mode, where)
     unstripped = len(data)

@@ -376,6 +376,28 @@ def test_a_trial_that_raises_is_failed_in_optuna_and_mlflow(tmp_path):
 
 
 @pytest.mark.slow
+def test_memory_budget_search_with_deploy_is_judged_on_tflite_micro(tmp_path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    sweep = tmp_path / "search"
+    result = run_cli(["-m", "search=memory_budget", "target=tiny", "deploy=tflm",
+                      "hydra.sweeper.n_trials=2", *TINY, "measure.latency_runs=5",
+                      f"hydra.sweep.dir={sweep}", "cache_dir=cache", "logger=none"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="memory_budget-tiny-sensors-cnn",
+                              storage=f"sqlite:///{sweep / 'optuna.db'}")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2
+    for trial in complete:
+        assert trial.params["quant"] in ("none", "int8", "int16x8")  # the modes TFLM runs
+        assert trial.user_attrs["final_stage"] == "deployed"
+        tflite = sweep / str(trial.number) / "deployed.tflite"
+        assert trial.user_attrs["final/flash_bytes"] == tflite.stat().st_size
+        metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
+        assert trial.user_attrs["final/ram_bytes"] == metrics["deployed/arena_bytes"]
+
+
+@pytest.mark.slow
 def test_pareto_search_end_to_end(tmp_path):
     sweep = tmp_path / "search"
     result = run_cli(["-m", "search=pareto", "target=tiny", "hydra.sweeper.n_trials=4",
