@@ -15,6 +15,7 @@ def test_a_real_search_prunes_a_hopeless_trial_during_fine_tuning(tmp_path):
     common = ["-m", "search=memory_budget", "target=tiny", "trainer=smoke",
               "trainer.limit_train_batches=1.0", "trainer.max_epochs=4",
               "dataset.train_steps=2000", "dataset.test_steps=640", "prune.finetune_epochs=3",
+              "prune.steps=1",
               "measure.latency_warmup=1", "measure.latency_runs=5", "prune.ratio=0.5",
               "quant=none", "arch.channels=[32,16]", "hydra.sweeper.pruner.n_startup_trials=1",
               "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweep.dir={sweep}",
