@@ -84,16 +84,55 @@ def test_key_changes_with_what_decides_the_weights_only(compose_cfg, override, s
     assert (cache.baseline_key(compose_cfg([*SMALL, override])) == base) is same
 
 
-def test_an_entry_without_its_training_info_is_a_miss(compose_cfg, tmp_path):
+def test_an_entry_without_its_training_info_is_discarded_and_retrained(compose_cfg, tmp_path,
+                                                                       caplog):
     # The info file is written last and marks the entry complete: weights alone (a job killed
-    # between the two writes) must not be taken for a cached baseline.
-    _, info = _baseline(compose_cfg, tmp_path, "seed=0")
+    # between the two writes) must not be taken for a cached baseline, nor fail every rerun.
+    first, info = _baseline(compose_cfg, tmp_path, "seed=0")
     entry = tmp_path / "baselines" / info["key"]
     (entry / "train.json").unlink()
-    cfg = compose_cfg([*SMALL, f"cache_dir={tmp_path}", "seed=0"])
-    datamodule = build_datamodule(cfg)
-    assert cache.load(tmp_path, info["key"], build_net(cfg, datamodule)) is None
-    assert [p.name for p in entry.iterdir()] == ["weights.pt"]  # no temp file left behind
+    again, info2 = _baseline(compose_cfg, tmp_path, "seed=0")
+    assert info2["cache"] == "miss" and str(entry) in caplog.text
+    assert all(torch.equal(first[k], again[k]) for k in first)  # retrained: the same weights
+    assert sorted(p.name for p in entry.iterdir()) == ["train.json", "weights.pt"]
+    assert _baseline(compose_cfg, tmp_path, "seed=0")[1]["cache"] == "hit"
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "damage"), [
+    ("weights.pt", _truncate),
+    ("weights.pt", lambda p: p.write_bytes(b"")),
+    ("weights.pt", _flip_last_byte),           # loads, but not the bytes that were stored
+    ("weights.pt", lambda p: p.unlink()),
+    ("train.json", _truncate),
+    ("train.json", lambda p: p.write_text("{}")),  # no checksum: not an entry this code wrote
+])
+def test_a_damaged_entry_is_reported_with_its_path_and_discarded(tmp_path, caplog, name, damage):
+    net = torch.nn.Linear(2, 1)
+    cache.store(tmp_path, "k", net, {"epochs": 1})
+    entry = tmp_path / "baselines" / "k"
+    damage(entry / name)
+    fresh = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert cache.load(tmp_path, "k", fresh) is None
+    assert not entry.exists()
+    assert f"baseline cache: {entry} is damaged or incomplete" in caplog.text
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # untouched
+
+
+def test_weights_of_another_network_are_a_damaged_entry(tmp_path, caplog):
+    cache.store(tmp_path, "k", torch.nn.Linear(2, 1), {"epochs": 1})
+    assert cache.load(tmp_path, "k", torch.nn.Linear(3, 1)) is None
+    assert "another network" in caplog.text
 
 
 def test_the_training_info_round_trips_curve_and_non_finite_values_included(tmp_path):

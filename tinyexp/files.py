@@ -12,7 +12,8 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,19 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in data.items()}
     return atomic_write(path, json.dumps(clean, indent=2, sort_keys=True))
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block: one
+    process at a time on this machine (``fcntl.flock``; released if the holder dies)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
