@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ARTIFACT = "deployed.tflite"
 MODES = ("float32", "dynamic", "int8", "fp16", "int16x8")
 # deploy.mode null: the TFLite mode of the quantization stage that ran (none -> float32)
+_QAT_REFUSED = ("quant={quant}: a QAT (Brevitas) network does not convert to TFLite; deploy "
+                "with quant=none and deploy.mode=int8 (or another mode) to quantize for TFLite")
 FOLLOW_QUANT = {None: "float32", "dynamic": "dynamic", "int8": "int8", "fp16": "fp16",
                 "int16x8": "int16x8"}
 
@@ -36,8 +38,9 @@ class TFLMDeploy(Stage):
     Attributes:
         mode: float32, dynamic (int8 weights, float activations), int8 (full integer, int8
             input and output), fp16 (float16 weights) or int16x8 (16-bit activations, 8-bit
-            weights); null follows the quantization stage (none -> float32; QAT networks do
-            not convert: set a mode to deploy the float network instead... see the README).
+            weights); null follows the quantization stage (none -> float32). QAT (Brevitas)
+            networks do not convert in any mode: deploy with quant=none and let ``mode``
+            quantize for TFLite.
         calibration_samples: training inputs the int8/int16x8 activation ranges come from.
         int8_quantizer: pt2e (PyTorch's PT2E flow in litert-torch: per-channel int8; it
             leaves transposed convolutions in float32 between DEQUANTIZE and QUANTIZE) or aeq
@@ -86,9 +89,7 @@ class TFLMDeploy(Stage):
         if self.mode is not None:
             return self.mode
         if ctx.quant not in FOLLOW_QUANT:
-            raise DeployError(f"quant={ctx.quant} has no TFLite counterpart (QAT networks are "
-                              f"Brevitas models); set deploy.mode to one of "
-                              f"{', '.join(self.modes)} to deploy the float network")
+            raise DeployError(_QAT_REFUSED.format(quant=ctx.quant))
         return FOLLOW_QUANT[ctx.quant]
 
     def apply(self, net: Any, ctx: Context) -> tuple[Any, dict[str, Any]]:
@@ -97,7 +98,7 @@ class TFLMDeploy(Stage):
         try:
             return net, self.deploy(net, ctx)
         except DeployError as err:
-            reason = " ".join(str(err).split())  # one line, whatever the converter printed
+            reason = str(err)  # DeployError keeps it to one line
             log.warning("deploy=%s: not deployed: %s", self.name, reason)
             ctx.tags["tinyexp.deploy_status"] = f"failed: {reason}"
             return net, {}
@@ -110,8 +111,7 @@ class TFLMDeploy(Stage):
 
         mode = self.resolve_mode(ctx)
         if any(type(m).__module__.startswith("brevitas") for m in net.modules()):
-            raise DeployError(f"quant={ctx.quant}: a QAT (Brevitas) network does not convert "
-                              f"to TFLite; deploy the float network with quant=none")
+            raise DeployError(_QAT_REFUSED.format(quant=ctx.quant))
         artifact = ctx.out_dir / ARTIFACT
         calibration = ctx.calibration(self.calibration_samples)
         report = export_tflite(net.eval(), ctx.example, calibration, mode, artifact,
