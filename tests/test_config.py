@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
-from support import CONF, SKAB_DIR
+import subprocess
+import sys
 
-from tinyexp.config import ConfigError, validate
+import pytest
+from support import CONF, ROOT, SKAB_DIR
+
+from tinyexp.config import DB_DRIVERS, ConfigError, check_tracking_uri, validate
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the cache folder validate() creates lands here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def _overrides_for(path) -> list[str]:
@@ -69,6 +78,51 @@ BAD = [
     (["analysis=layers", "analysis.ratios=[]"], "analysis.ratios", "non-empty"),
     (["analysis=layers", "analysis.finetune_epochs=-1"], "analysis.finetune_epochs", ">= 0"),
     (["analysis=layers", "analysis.metric=accuracy"], "analysis.metric", "mse, f1"),
+    # every float knob finite, in every schema and stage spec
+    (["dataset.threshold_scale=inf"], "dataset.threshold_scale", "finite number, got inf"),
+    (["dataset.threshold_quantile=nan"], "dataset.threshold_quantile", "finite"),
+    (["arch.dropout=nan"], "arch.dropout", "finite"),
+    (["target.clock_mhz=inf"], "target.clock_mhz", "finite"),
+    (["finetune.lr=inf"], "finetune.lr", "finite"),
+    (["prune.ratio=nan"], "prune.ratio", "finite"),
+    (["analysis=layers", "analysis.ratios=[0.5,nan]"], "analysis.ratios", "finite"),
+    (["quant=qat", "quant.lr=inf"], "quant.lr", "finite"),
+    (["distill=kd", "distill.temperature=inf"], "distill.temperature", "finite"),
+    (["deploy=tflm", "deploy.arena_margin=inf"], "deploy.arena_margin", "finite"),
+    (["optim.lr=inf"], "optim.lr", "finite"),
+    (["+trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val", "finite"),
+    (["+callbacks.early_stopping.min_delta=-inf"], "callbacks.early_stopping.min_delta",
+     "finite"),
+    # what the data can hold
+    (["dataset.num_anomalies=10000"], "dataset.num_anomalies", "[1, 95] for dataset.test_steps"),
+    (["dataset.test_steps=640", "dataset.num_anomalies=12"], "dataset.num_anomalies", "[1, 11]"),
+    (["dataset.train_steps=320", "dataset.stride=200"], "dataset.val_fraction",
+     "0 for validation"),
+    (["dataset=digits", "arch=custom_cnn", "dataset.test_fraction=0.004"],
+     "dataset.test_fraction", "one per class"),
+    (["dataset=digits", "arch=custom_cnn", "dataset.val_fraction=0.003"],
+     "dataset.val_fraction", "one per class"),
+    (["dataset=digits", "arch=custom_cnn", "arch.channels=[8,8,8,8]"], "arch.channels",
+     "at most 3"),
+    # the trainer, optimizer and callbacks: what needs no torch (the rest: test_preflight)
+    (["++trainer.limit_train_batches=0"], "trainer.limit_train_batches", "nothing"),
+    (["+trainer.callbacks=[]"], "trainer.callbacks", "top-level"),
+    (["~optim._partial_"], "optim._partial_", "must be true"),
+    (["callbacks.early_stopping.mode=sideways"], "callbacks.early_stopping.mode", "min or max"),
+    (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience", ">= 0"),
+    # where the run writes
+    (["cache_dir="], "cache_dir", "must be the folder"),
+    (["cache_dir=null"], "cache_dir", "must be the folder"),
+    (["cache_dir=/proc/x"], "cache_dir", "cannot write to '/proc/x'"),
+    (["logger.tracking_uri=bogus://x"], "logger.tracking_uri", "allowed: a path, file, sqlite"),
+    (["logger.tracking_uri=localhost:5000"], "logger.tracking_uri", "scheme 'localhost'"),
+    (["logger.tracking_uri=http://"], "logger.tracking_uri", "names no server"),
+    (["logger.tracking_uri="], "logger.tracking_uri", "or null"),
+    (["logger.tracking_uri=sqlite:////proc/x/mlflow.db"], "logger.tracking_uri",
+     "cannot write to '/proc/x'"),
+    (["logger.tracking_uri='postgresql+asyncpg://u@db/x'"], "logger.tracking_uri",
+     "allowed: psycopg2, psycopg"),
+    (["logger.tracking_uri='mysql+a+b://u@db/x'"], "logger.tracking_uri", "one +driver"),
 ]
 
 
@@ -97,3 +151,121 @@ def test_the_measure_defaults_are_the_schemas(compose_cfg):
     from tinyexp.schemas import Measure
 
     assert dict(compose_cfg().measure) == dataclasses.asdict(Measure())
+
+
+def test_a_cache_folder_is_created_and_one_under_a_file_is_refused(compose_cfg, tmp_path):
+    validate(compose_cfg([f"cache_dir={tmp_path / 'new' / 'cache'}"]))
+    assert (tmp_path / "new" / "cache").is_dir()
+    assert not list((tmp_path / "new" / "cache").iterdir())  # the probe file is gone
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^cache_dir: cannot write to .*NotADirectoryError"):
+        validate(compose_cfg([f"cache_dir={tmp_path / 'file' / 'cache'}"]))
+
+
+def _missing_driver(dialect: str) -> str:
+    from tinyexp.config import _installed
+
+    return next((name for name, module in DB_DRIVERS[dialect].items()
+                 if not _installed(module)), "")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql", "mssql"])
+def test_a_missing_database_driver_is_named_and_the_password_is_not(compose_cfg, dialect):
+    driver = _missing_driver(dialect)
+    if not driver:
+        pytest.skip(f"every {dialect} driver is installed here")
+    uri = f"{dialect}+{driver}://me:s3cr@t!@db.example:5432/runs"
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg([f"logger.tracking_uri='{uri}'"]))
+    message = str(err.value)
+    assert message.startswith("logger.tracking_uri: ") and f"{driver} driver" in message
+    assert "s3cr" not in message and "me:***@db.example" in message
+
+
+def test_the_mlflow_tracking_uri_variable_is_checked_when_the_config_has_none(
+        compose_cfg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    with pytest.raises(ConfigError, match=r"^logger\.tracking_uri: MLFLOW_TRACKING_URI='bogus"):
+        validate(compose_cfg())
+    validate(compose_cfg(["logger=none"]))  # no tracking: the variable is not used
+
+
+def test_every_store_mlflow_has_is_recognised(tmp_path):
+    """The schemes MLflow 3.17 registers tracking stores for are accepted (databases: up to
+    the driver), so the check never refuses what MLflow would take."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    examples = {"": str(tmp_path / "runs"), "file": f"file://{tmp_path}/runs",
+                "http": "http://localhost:5000", "https": "https://mlflow.example",
+                "databricks": "databricks://profile", "databricks-uc": "databricks-uc",
+                "uc": "uc:http://localhost:8080", "sqlite": f"sqlite:///{tmp_path}/a/m.db"}
+    for scheme in _tracking_store_registry._registry:
+        if scheme in examples:
+            check_tracking_uri("logger.tracking_uri", examples[scheme])
+        else:
+            assert scheme in DB_DRIVERS, f"MLflow has a {scheme!r} store tinyexp does not know"
+            try:
+                check_tracking_uri("logger.tracking_uri", f"{scheme}://u@db/x")
+            except ConfigError as err:
+                assert "driver" in str(err), err
+    assert (tmp_path / "a").is_dir()  # the sqlite file's folder
+
+
+@pytest.mark.parametrize(("train_steps", "window", "stride", "val_fraction"), [
+    (320, 32, 200, 0.2),   # 2 windows: none for validation
+    (320, 32, 100, 0.2),   # 3 windows: 1 validates, the 2 before it overlap it
+    (640, 32, 100, 0.2),   # 7 windows
+    (320, 32, 2, 0.9),     # most validate; those before overlap them
+    (4000, 32, 2, 0.2),    # the default
+])
+def test_the_sensors_split_check_matches_the_datamodule(train_steps, window, stride,
+                                                        val_fraction):
+    """The schema accepts a split exactly when the datamodule gets training and validation
+    windows out of it."""
+    from tinyexp.data.sensors import SensorsDataModule
+    from tinyexp.schemas import SensorsData
+
+    settings = {"train_steps": train_steps, "window": window, "stride": stride,
+                "val_fraction": val_fraction, "test_steps": 640}
+    try:
+        SensorsData("tinyexp.data.sensors.SensorsDataModule", "sensors", **settings)
+        accepted = True
+    except ConfigError:
+        accepted = False
+    train, val, _ = SensorsDataModule(**settings)._load()
+    assert accepted == (len(train) >= 1 and len(val) >= 1), (len(train), len(val))
+
+
+def test_the_most_anomalies_the_schema_allows_fit_the_test_series():
+    from tinyexp.data.sensors import generate_pump_series
+
+    for test_steps in (640, 4000):
+        most = (test_steps - 200) // 40
+        assert len(generate_pump_series(0, 400, test_steps, most).anomalies) == most
+        with pytest.raises(ValueError):
+            generate_pump_series(0, 400, test_steps, most + 1)
+
+
+def test_the_digits_constants_are_the_data_and_the_network():
+    from sklearn.datasets import load_digits
+
+    from tinyexp.data.digits import DigitsDataModule
+    from tinyexp.schemas import DIGITS_CLASSES, DIGITS_IMAGES, DIGITS_SIDE
+
+    digits = load_digits()
+    assert (len(digits.images), len(set(digits.target))) == (DIGITS_IMAGES, DIGITS_CLASSES)
+    assert DigitsDataModule.image_size == DIGITS_SIDE == digits.images.shape[1]
+
+
+def test_validate_imports_no_torch_lightning_or_mlflow(tmp_path):
+    """validate() runs on every start and for every point of a sweep: it must stay cheap."""
+    code = ("import sys; sys.path.insert(0, 'tests'); from support import compose; "
+            "from tinyexp.config import validate; "
+            f"validate(compose(['cache_dir={tmp_path}/c', 'logger.tracking_uri=sqlite:///"
+            f"{tmp_path}/m.db'])); "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'mlflow') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -40,8 +40,15 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
 # last step's value (logging it on_epoch would turn it into the mean at epoch end, and change
 # what EarlyStopping(monitor=train/loss) compares).
 TRAIN_LOSS_EPOCH = "train/loss_epoch"
+TRAIN_LOSS = "train/loss"  # the last step's loss (what is minimised: with distillation, the mix)
 VAL_LOSS = "val/loss"  # logged per batch, reduced by Lightning to the epoch mean
+VAL_ACC = "val/acc"  # classification only
 KD_LOSS = "train/kd_loss"  # epoch mean of the distillation term (only when distilling)
+# What a configured callback (EarlyStopping, ModelCheckpoint) can monitor: the metrics every
+# training of a task logs (TRAIN_LOSS_EPOCH only once the training epoch ends). Not KD_LOSS:
+# the baseline's training does not distil. tinyexp.preflight checks `monitor` against these.
+MONITORABLE = {"anomaly": (TRAIN_LOSS, TRAIN_LOSS_EPOCH, VAL_LOSS),
+               "classification": (TRAIN_LOSS, TRAIN_LOSS_EPOCH, VAL_LOSS, VAL_ACC)}
 SCHEDULERS = ("none", "cosine", "onecycle")
 
 
@@ -99,7 +106,7 @@ class _Task(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, task, kd = self.losses(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log(TRAIN_LOSS, loss, prog_bar=True)
         # The curve's training loss is the task loss, comparable with val/loss.
         self.log(TRAIN_LOSS_EPOCH, task, on_step=False, on_epoch=True)
         if kd is not None:
@@ -182,7 +189,7 @@ class ClassificationTask(_Task):
         x, y = batch
         logits = self.net(x)
         self.log(VAL_LOSS, self.task_loss(logits, y), prog_bar=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        self.log(VAL_ACC, (logits.argmax(1) == y).float().mean(), prog_bar=True)
 
 
 TASKS: dict[str, type[_Task]] = {
@@ -289,8 +296,9 @@ def _progress_bar(setting: bool | None) -> bool:
 
 def build_trainer(cfg: DictConfig, *, max_epochs: int | None = None,
                   callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer`` with the configured callbacks, then ``callbacks``."""
-    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    """The Trainer of ``cfg.trainer`` with the configured callbacks (but those set to null:
+    ``callbacks.early_stopping=null`` switches it off), then ``callbacks``."""
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     overrides: dict[str, Any] = {
         "callbacks": configured + list(callbacks or []),
         "enable_progress_bar": _progress_bar(cfg.trainer.get("enable_progress_bar")),

@@ -147,6 +147,18 @@ def run_stages(cfg: DictConfig, specs: dict[str, Any], out_dir: Path, tracker: A
     return metrics, final, ctx
 
 
+def check_before_run(cfg: DictConfig, specs: dict[str, Any]) -> None:
+    """The checks that need torch, before any run exists: the Trainer, optimizer and callbacks
+    are built as the run builds them, and the pruning settings dry-run on an untrained copy of
+    the network (settings that would prune nothing are bad input, not a result)."""
+    from tinyexp.preflight import preflight
+
+    preflight(cfg)
+    if specs["prune"] is not None:
+        datamodule = build_datamodule(cfg)
+        specs["prune"].check_prunes(build_net(cfg, datamodule), datamodule.example_input())
+
+
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
     """A copy of the job config with another ``seed`` (the data set keeps ``dataset.seed``)."""
     copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -163,6 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ``logger=none``): what a sweeper needs.
     """
     specs = validate(cfg)
+    check_before_run(cfg, specs)
     this = job.job_folders(cfg)
     repeats = cfg.get("repeats", 1)
     seeds = [cfg.seed + i for i in range(repeats)]

@@ -9,14 +9,21 @@ cheap at startup.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from tinyexp.redact import redact
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
+    """A configuration value is missing, unknown, of the wrong type or out of range.
+
+    The message is redacted (:func:`tinyexp.redact.redact`): a storage URL it echoes shows no
+    password, wherever the error is printed or logged.
+    """
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
+        super().__init__(redact(f"{key}: {message}"))
         self.key = key
 
 
@@ -79,8 +86,22 @@ class SensorsData(_SeriesData):
             _require(value >= 10 * self.window, f"dataset.{key}",
                      f"must be >= 10 x dataset.window ({10 * self.window}), got {value}")
         _positive("dataset.stride", self.stride)
-        _require(self.num_anomalies >= 1, "dataset.num_anomalies",
-                 f"must be >= 1, got {self.num_anomalies}")
+        # tinyexp.data.sensors: one anomaly per equal slot of the test series, 100 rows clear
+        # of each end, every slot at least 40 rows long.
+        most = (self.test_steps - 200) // 40
+        _require(1 <= self.num_anomalies <= most, "dataset.num_anomalies",
+                 f"must be in [1, {most}] for dataset.test_steps={self.test_steps} (one per "
+                 f"40 rows, 100 rows clear of each end), got {self.num_anomalies}"
+                 if most >= 1 else f"needs dataset.test_steps >= 240, got {self.test_steps}")
+        # SensorsDataModule: the last val_fraction of the windows validates; the training
+        # windows that overlap them are dropped.
+        windows = (self.train_steps - self.window) // self.stride + 1
+        n_val = int(round(self.val_fraction * windows))
+        n_train = windows - n_val - (math.ceil((self.window - 1) / self.stride) if n_val else 0)
+        _require(n_val >= 1 and n_train >= 1, "dataset.val_fraction",
+                 f"splits the {windows} training windows (dataset.train_steps, window, stride) "
+                 f"into {max(n_train, 0)} for training and {n_val} for validation; both need "
+                 f"at least 1: change it, or lower dataset.stride")
 
 
 @dataclass
@@ -97,14 +118,20 @@ class SkabData(_SeriesData):
         for folder in self.folders or ():
             _require(folder in allowed, "dataset.folders",
                      f"unknown folder {folder!r}; allowed: {', '.join(allowed)}")
-        # Checking the folder is cheap and spares a training run that would die on it later.
+        # Checking the folder and every file's contents is cheap (stdlib, ~40 ms) and spares a
+        # training run that would die on them later; a bad file raises ConfigError naming it.
         from tinyexp.data.skab_files import check_data_dir
 
         try:
-            check_data_dir(self.data_dir, self.folders)
+            check_data_dir(self.data_dir, self.folders, window=self.window,
+                           train_rows=self.train_rows)
         except FileNotFoundError as err:
             message = str(err).removeprefix("dataset.data_dir: ")
             raise ConfigError("dataset.data_dir", message) from None
+
+
+# sklearn.datasets.load_digits(): 1797 8x8 images of 10 classes (DigitsDataModule).
+DIGITS_IMAGES, DIGITS_CLASSES, DIGITS_SIDE = 1797, 10, 8
 
 
 @dataclass
@@ -123,6 +150,13 @@ class DigitsData:
         _fraction("dataset.test_fraction", self.test_fraction, closed_low=False)
         _require(self.val_fraction + self.test_fraction < 0.9, "dataset",
                  "val_fraction + test_fraction must leave at least 10% for training")
+        # The splits are stratified (sklearn's train_test_split): each needs an image per class.
+        n_test = math.ceil(self.test_fraction * DIGITS_IMAGES)
+        n_val = math.ceil(self.val_fraction / (1 - self.test_fraction) * (DIGITS_IMAGES - n_test))
+        for key, count in (("test_fraction", n_test), ("val_fraction", n_val)):
+            _require(count >= DIGITS_CLASSES, f"dataset.{key}",
+                     f"gives {count} of the {DIGITS_IMAGES} images; a stratified split needs at "
+                     f"least one per class ({DIGITS_CLASSES}), got {getattr(self, key)}")
         _positive("dataset.batch_size", self.batch_size)
 
 
@@ -211,6 +245,7 @@ class MLflowLogger:
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment_name.strip()), "logger.experiment_name", "must not be empty")
+        # tracking_uri: tinyexp.config.check_tracking_uri (it probes the environment).
 
 
 @dataclass

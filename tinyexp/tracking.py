@@ -2,14 +2,19 @@
 
 One job is one MLflow run. Runs of a multirun hang under one parent run (``mlflow.parentRunId``)
 and carry a ``tinyexp.sweep`` tag, so the UI lists them side by side. A run that raises ends
-FAILED, an interrupted one KILLED: none is left RUNNING.
+FAILED, an interrupted one KILLED (tagged ``tinyexp.interrupted: SIGINT|SIGTERM``).
+
+A process killed outright (SIGKILL, out of memory) cannot close its run: runs record their
+process, and the next start against the store marks KILLED those whose process of this host is
+gone (:func:`reap_orphans`). A new SQLite store is created under a file lock.
 """
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tinyexp.files import atomic_write
+from tinyexp.files import atomic_write, file_lock
+from tinyexp.interrupts import deferred, interrupted_by, process_gone, process_start
+
+log = logging.getLogger(__name__)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -113,8 +121,11 @@ def _experiment_id(client: Any, name: str) -> str:
         return experiment.experiment_id
     try:
         return client.create_experiment(name)
-    except Exception:  # another job created it between our two calls
-        return client.get_experiment_by_name(name).experiment_id
+    except Exception:  # another job created it between our two calls (RESOURCE_ALREADY_EXISTS)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:  # not that: a real error
+            raise
+        return experiment.experiment_id
 
 
 def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -> str:
@@ -122,18 +133,17 @@ def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -
 
     Its id is kept in the sweep folder; a file lock keeps parallel jobs from creating two.
     """
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".mlflow_parent.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        id_file = sweep_dir / ".mlflow_parent_run_id"
+    id_file = sweep_dir / ".mlflow_parent_run_id"
+    with file_lock(sweep_dir / ".mlflow_parent.lock"):
         if id_file.exists():
             return id_file.read_text().strip()
-        run = client.create_run(experiment_id, run_name=name, tags={
-            "tinyexp.role": "sweep", "tinyexp.sweep": sweep_dir.name,
-            "tinyexp.sweep_dir": str(sweep_dir.resolve())})
         # The parent only groups its children; closing it now means no crash can leave it open.
-        client.set_terminated(run.info.run_id, "FINISHED")
-        atomic_write(id_file, run.info.run_id)
+        with deferred():
+            run = client.create_run(experiment_id, run_name=name, tags={
+                "tinyexp.role": "sweep", "tinyexp.sweep": sweep_dir.name,
+                "tinyexp.sweep_dir": str(sweep_dir.resolve()), **process_tags()})
+            client.set_terminated(run.info.run_id, "FINISHED")
+            atomic_write(id_file, run.info.run_id)
         return run.info.run_id
 
 
@@ -142,10 +152,104 @@ def _client(cfg: DictConfig) -> Any:
 
 
 def client_for(tracking_uri: str | None) -> Any:
-    """A client for ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
+    """A client for ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default.
+
+    MLflow builds a store when the client is made (``SqlAlchemyStore.__init__``): it creates
+    the tables of a new database, runs the migrations and adds the Default experiment, with no
+    lock, and two processes doing that at once fail (``duplicate column name``, alembic
+    ``CommandError``). For a SQLite file the first client of each process is made under
+    ``<db file>.lock``, so the second process finds the schema complete; and a Ctrl-C waits
+    for it, as a migration cut short leaves a store MLflow refuses to open.
+    """
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None)
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    database = _sqlite_file(uri)
+    if database is None or uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+    with file_lock(f"{database}.lock"), deferred():
+        client = MlflowClient(tracking_uri=uri)
+        client.get_experiment_by_name("Default")  # should a later MLflow build stores lazily
+    _OPENED.add(uri)
+    return client
+
+
+_OPENED: set[str] = set()  # the SQLite stores this process has opened
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:`` URI, None for any other store or an in-memory one."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    return database if database and not database.startswith((":memory:", "file:")) else None
+
+
+def process_tags() -> dict[str, str]:
+    """The tags naming the process a run belongs to: ``tinyexp.host``, ``tinyexp.pid`` and
+    ``tinyexp.pid_start`` (its start time; left out where there is no ``/proc``)."""
+    tags = {"tinyexp.host": socket.gethostname(), "tinyexp.pid": str(os.getpid())}
+    start = process_start()
+    if start is not None:
+        tags["tinyexp.pid_start"] = start
+    return tags
+
+
+def _pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
+    """Every result of a paged MLflow search; ``search(page_token)`` returns one page."""
+    token = None
+    while True:
+        page = search(token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _running_runs(client: Any) -> Iterator[Any]:
+    """Every RUNNING run of the store, in every experiment."""
+    ids = [e.experiment_id for e in _pages(
+        lambda token: client.search_experiments(max_results=1000, page_token=token))]
+    for first in range(0, len(ids), 100):
+        yield from _pages(lambda token, first=first: client.search_runs(
+            ids[first:first + 100], "attributes.status = 'RUNNING'", max_results=1000,
+            page_token=token))
+
+
+def reap_orphans(client: Any) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process of this host that is gone; their ids.
+
+    A run is reaped when its ``tinyexp.host`` is this host and its process (``tinyexp.pid``,
+    started at ``tinyexp.pid_start``) no longer runs; ``tinyexp.error`` then says so. Runs of
+    other hosts, and runs without these tags, are left alone: their processes cannot be seen
+    from here.
+    """
+    host, reaped = socket.gethostname(), []
+    for run in _running_runs(client):
+        tags, run_id = run.data.tags, run.info.run_id
+        if tags.get("tinyexp.host") != host:
+            log.debug("run %s is RUNNING on host %s, not this one (%s): left alone", run_id,
+                      tags.get("tinyexp.host", "(unknown)"), host)
+            continue
+        pid = tags.get("tinyexp.pid", "")
+        if not pid.isdigit() or not process_gone(int(pid), tags.get("tinyexp.pid_start")):
+            continue
+        client.set_tag(run_id, "tinyexp.error",
+                       f"process {pid} on {host} ended without closing the run (killed)")
+        client.set_terminated(run_id, "KILLED")
+        log.info("run %s (%s) was left RUNNING by process %s, which has ended: marked KILLED",
+                 run_id, run.info.run_name, pid)
+        reaped.append(run_id)
+    return reaped
+
+
+def _reap_quietly(client: Any) -> None:
+    # Tidying up after other processes must never stop this one.
+    try:
+        reap_orphans(client)
+    except Exception as err:
+        log.warning("could not check for runs left RUNNING: %r", err)
 
 
 def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str) -> str | None:
@@ -157,6 +261,7 @@ def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str) -> str | None:
     if cfg.logger.name != "mlflow":
         return None
     client = _client(cfg)
+    _reap_quietly(client)
     experiment_id = _experiment_id(client, cfg.logger.experiment_name)
     return _sweep_parent(client, experiment_id, Path(sweep_dir), name)
 
@@ -181,6 +286,11 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
             sweep_dir: Path | None = None) -> Iterator[NullTracker | MlflowTracker]:
     """Open the job's MLflow run (or a no-op tracker), log the config, close it with a status.
 
+    First reaps the orphans of the store (:func:`reap_orphans`). The run records this process
+    (:func:`process_tags`) and ends FINISHED, FAILED (``tinyexp.error``), or KILLED when the job
+    was interrupted (``tinyexp.interrupted: SIGINT|SIGTERM``) or pruned by a search
+    (``tinyexp.pruned``). A signal cannot cut creating or closing the run short.
+
     Args:
         cfg: the resolved job config; logged flattened as params.
         run_name: what the run is, e.g. ``sensors-cnn-l1@0.5-none``.
@@ -193,33 +303,44 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
     import mlflow
 
     client = _client(cfg)
+    _reap_quietly(client)
     experiment_id = _experiment_id(client, cfg.logger.experiment_name)
-    tags = dict(tags)
+    tags = {**tags, **process_tags()}
     if sweep_dir is not None:
         tags["tinyexp.sweep"] = sweep_dir.name
         tags["mlflow.parentRunId"] = _sweep_parent(
             client, experiment_id, sweep_dir, f"sweep {sweep_dir.parent.name}/{sweep_dir.name}")
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    tracker = MlflowTracker(client, run.info.run_id)
+    tracker = None
     try:
+        with deferred():  # a signal now is raised once the run exists and this try holds it
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+            tracker = MlflowTracker(client, run.info.run_id)
         params = flatten(OmegaConf.to_container(cfg, resolve=True))
         items = [mlflow.entities.Param(k, v[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run.info.run_id, params=items[start:start + 100])
         yield tracker
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt):
-            status = "KILLED"
-        elif type(err).__name__ == "TrialPruned":  # an Optuna search stopped a hopeless trial
-            status = "KILLED"
-            tracker.set_tags({"tinyexp.pruned": "1", "tinyexp.pruned_reason": str(err)[:5000]})
-        else:
-            status = "FAILED"
-            tracker.set_tags({"tinyexp.error": f"{type(err).__name__}: {err}"[:5000]})
-        client.set_terminated(run.info.run_id, status)
+        if tracker is not None:
+            with deferred():
+                client.set_terminated(tracker.run_id, _end_status(tracker, err))
         raise
     else:
-        client.set_terminated(run.info.run_id, "FINISHED")
+        with deferred():
+            client.set_terminated(tracker.run_id, "FINISHED")
+
+
+def _end_status(tracker: MlflowTracker, err: BaseException) -> str:
+    """The status a run ends with after ``err``; tags the run with the reason."""
+    stop = interrupted_by(err)
+    if stop is not None:
+        tracker.set_tags({"tinyexp.interrupted": stop.signal_name})
+        return "KILLED"
+    if type(err).__name__ == "TrialPruned":  # an Optuna search stopped a hopeless trial
+        tracker.set_tags({"tinyexp.pruned": "1", "tinyexp.pruned_reason": str(err)[:5000]})
+        return "KILLED"
+    tracker.set_tags({"tinyexp.error": f"{type(err).__name__}: {err}"[:5000]})
+    return "FAILED"
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -242,19 +363,13 @@ def find_runs(tracking_uri: str | None, experiment_name: str,
     if experiment is None:
         raise LookupError(f"no MLflow experiment named {experiment_name!r} in "
                           f"{client.tracking_uri}")
-    found, token = [], None
-    while True:
-        try:
-            page = client.search_runs([experiment.experiment_id], filter_string,
-                                      max_results=1000, order_by=["attributes.start_time ASC"],
-                                      page_token=token)
-        except MlflowException as err:  # a malformed filter: say so in one line
-            raise LookupError(f"MLflow rejects the filter {filter_string!r}: "
-                              f"{str(err).splitlines()[0]}") from None
-        found.extend(page)
-        token = page.token
-        if not token:
-            break
+    try:
+        found = list(_pages(lambda token: client.search_runs(
+            [experiment.experiment_id], filter_string, max_results=1000,
+            order_by=["attributes.start_time ASC"], page_token=token)))
+    except MlflowException as err:  # a malformed filter: say so in one line
+        raise LookupError(f"MLflow rejects the filter {filter_string!r}: "
+                          f"{str(err).splitlines()[0]}") from None
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "experiment_id": r.info.experiment_id, "tags": dict(r.data.tags),
              "params": dict(r.data.params), "metrics": dict(r.data.metrics)} for r in found]
@@ -269,14 +384,13 @@ def log_report_run(tracking_uri: str | None, experiment_name: str, run_name: str
     client = client_for(tracking_uri)
     experiment_id = _experiment_id(client, experiment_name)
     run = client.create_run(experiment_id, run_name=run_name,
-                            tags={"tinyexp.role": "report", **tags})
+                            tags={"tinyexp.role": "report", **tags, **process_tags()})
     try:
         for path in files:
             client.log_artifact(run.info.run_id, str(path), folder)
     except BaseException as err:
         client.set_tag(run.info.run_id, "tinyexp.error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt)
-                              else "FAILED")
+        client.set_terminated(run.info.run_id, "KILLED" if interrupted_by(err) else "FAILED")
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -1,6 +1,7 @@
 """The search space: Hydra sweep overrides (``params`` of the sweeper config and the command
 line) turned into Optuna distributions (``build_search_space``, ``distribution_from_override``),
 and a point of the space turned back into Hydra overrides (``SearchSpace.overrides``).
+A sweep that cannot become a distribution raises ``SpaceError`` naming where it was written.
 """
 # typing.Optional/List/Dict throughout, not `X | None` / `list[...]`: see optuna_sweeper's
 # module docstring.
@@ -16,6 +17,17 @@ from hydra.core.override_parser.types import (
     RangeSweep,
     Transformer,
 )
+from hydra.errors import HydraException
+
+
+class SpaceError(ValueError):
+    """A search-space entry that is not a sweep Optuna can run; ``key`` is where the user
+    wrote it (``prune.ratio`` on the command line, ``hydra.sweeper.params.prune.ratio``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
 
 # ----------------------------------------------------------------------------- search space
 
@@ -57,7 +69,7 @@ def distribution_from_override(override: Override) -> Tuple[Any, Optional[Dict[A
         assert isinstance(value, RangeSweep)
         values = list(override.sweep_iterator(transformer=Transformer.identity))
         if not values:
-            raise ValueError(f"{override.input_line}: empty range")
+            raise ValueError(f"empty range: {override.input_line}")
         if value.shuffle or len(values) == 1:
             return categorical(values)
         low, high, step = min(values), max(values), abs(value.step)
@@ -71,7 +83,9 @@ def distribution_from_override(override: Override) -> Tuple[Any, Optional[Dict[A
         if isinstance(value.start, int) and isinstance(value.end, int):  # int(interval(a, b))
             return IntDistribution(value.start, value.end, log=log_scale), None
         return FloatDistribution(float(value.start), float(value.end), log=log_scale), None
-    raise ValueError(f"{override.input_line}: not a sweep the Optuna sweeper supports")
+    raise ValueError(f"not a sweep the Optuna sweeper supports: {override.input_line}; use "
+                     f"interval(a, b), int(interval(a, b)), range(a, b), choice(a, b) or "
+                     f"tag(log, interval(a, b))")
 
 
 @dataclass
@@ -96,21 +110,62 @@ class SearchSpace:
         return out
 
 
+def _param_line(key: str, value: Any) -> str:
+    """One ``params`` entry as an override line (a YAML value may be a number, list or null)."""
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={'true' if value else 'false'}"
+    return f"{key}={value}"
+
+
 def build_search_space(params: Optional[Mapping[str, Any]], arguments: Sequence[str],
-                       config_loader: Any = None) -> SearchSpace:
-    """``params`` of the sweeper config, then the command line (which wins for the same key)."""
-    lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
-    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
+                       config_loader: Any = None,
+                       origins: Optional[Mapping[str, str]] = None) -> SearchSpace:
+    """``params`` of the sweeper config, then the command line (which wins for the same key).
+
+    Args:
+        origins: where each key of ``params`` was written, for errors (default
+            ``hydra.sweeper.params.<key>``); a command-line entry is named by its own key.
+
+    Raises:
+        SpaceError: an entry does not parse, or is a sweep Optuna cannot run.
+    """
+    entries: List[Tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        where = (origins or {}).get(key, f"hydra.sweeper.params.{key}")
+        if not isinstance(key, str) or not key.strip():
+            raise SpaceError(where, f"the key must be a config key, got {key!r}")
+        if isinstance(value, Mapping):
+            raise SpaceError(where, f"must be a sweep such as interval(0.1, 0.9) or choice(a, b) "
+                                    f"or a plain value, got the mapping {dict(value)!r}")
+        entries.append((where, _param_line(key, value)))
+    entries += [("", str(line)) for line in arguments]
+    parser = OverridesParser.create(config_loader=config_loader)
     by_key: Dict[str, Override] = {}
-    for override in parsed:
-        by_key.pop(override.get_key_element(), None)  # keep command-line order for the rest
-        by_key[override.get_key_element()] = override
+    where_by_key: Dict[str, str] = {}
+    for where, line in entries:
+        try:
+            override = parser.parse_overrides([line])[0]
+        except HydraException as err:
+            first = next((x.strip() for x in str(err).splitlines() if x.strip()), str(err))
+            raise SpaceError(where or line.split("=", 1)[0], f"cannot parse {line!r}: {first}"
+                             ) from None
+        key = override.get_key_element()
+        by_key.pop(key, None)  # keep command-line order for the rest
+        by_key[key] = override
+        where_by_key[key] = where or key
     distributions: Dict[str, Any] = {}
     choice_strings: Dict[str, Dict[Any, str]] = {}
     fixed: List[str] = []
     for key, override in by_key.items():
         if override.is_sweep_override():
-            distribution, strings = distribution_from_override(override)
+            try:
+                distribution, strings = distribution_from_override(override)
+            except ValueError as err:  # Optuna's own checks too: low > high, log of 0, ...
+                sweep = str(override.input_line).split("=", 1)[-1]
+                raise SpaceError(where_by_key[key], f"cannot search {sweep}: "
+                                                    f"{str(err).splitlines()[0]}") from None
             distributions[key] = distribution
             if strings is not None:
                 choice_strings[key] = strings

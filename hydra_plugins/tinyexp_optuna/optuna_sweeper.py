@@ -35,10 +35,12 @@ imported, which would redefine classes (``_SettingsError``) this module already 
 
 import contextlib
 import logging
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.plugins.sweeper import Sweeper
@@ -62,14 +64,25 @@ from hydra_plugins.tinyexp_optuna._settings import (
     _constraints,
     _directions,
     _SettingsError,
+    check_component,
+    check_count,
+    check_flag,
+    check_heartbeat,
+    check_objectives,
+    check_storage,
+    check_study_name,
+    probe_message,
+    user_key,
 )
 from hydra_plugins.tinyexp_optuna._space import (
     SearchSpace,
+    SpaceError,
     build_search_space,
     distribution_from_override,
 )
 from hydra_plugins.tinyexp_optuna._study import _StudyMixin
 from hydra_plugins.tinyexp_optuna._tell import _TellMixin
+from tinyexp.redact import redact
 
 __all__ = [
     "Constraint",
@@ -88,6 +101,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+class _RedactLog(logging.Filter):
+    """Log records without a URL's password (``user:***@host``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if redact(message) != message:
+            record.msg, record.args = redact(message), None
+        return True
+
+
+def _fail(message: str, err: Optional[BaseException] = None) -> None:
+    """A bad setting or search space: one line on stderr, exit status 2, before any trial
+    (``TINYEXP_DEBUG=1``: the traceback first)."""
+    err = err or sys.exc_info()[1]
+    if os.environ.get("TINYEXP_DEBUG") and err is not None:
+        print(redact("".join(traceback.format_exception(err))), file=sys.stderr, end="")
+    print(redact(f"tinyexp: error: {message}"), file=sys.stderr)
+    sys.exit(2)
 
 
 # ----------------------------------------------------------------------------- the sweeper
@@ -125,6 +157,7 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
         self.parent_run_id: Optional[str] = None
+        self.raw_settings: Dict[str, Any] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -135,49 +168,87 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        # Unresolved, to name the key a setting came from (`n_trials: ${search.n_trials}`).
+        self.raw_settings = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        # The launcher logs every job's overrides, the storage URL among them: no password.
+        for name in (type(self.launcher).__module__, __name__):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactLog) for f in logger.filters):
+                logger.addFilter(_RedactLog())
 
     # ------------------------------------------------------------------ checks before running
 
     def _settings(self) -> None:
+        """Check every setting before anything runs (raises _SettingsError)."""
         self.directions = _directions(self.direction)
-        objectives = [self.objectives] if isinstance(self.objectives, str) \
-            else list(self.objectives or [])
-        if len(objectives) != len(self.directions):
-            raise _SettingsError("objectives", f"one per direction ({len(self.directions)}: "
-                                               f"{', '.join(self.directions)}), got {objectives}")
-        self.objective_names = [str(o) for o in objectives]
+        self.objective_names = check_objectives(self.objectives, self.directions)
         self.constraints = _constraints(self.constraints_cfg)
-        for key, low in (("n_trials", 1), ("n_jobs", 1), ("max_failures", 1)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < low:
-                raise _SettingsError(key, f"must be an int >= {low}, got {value!r}")
-        for key in ("heartbeat_interval", "grace_period"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise _SettingsError(key, f"must be null or an int >= 1 (seconds), got {value!r}")
+        check_count("n_trials", self.n_trials, 1, " (finished trials to reach)")
+        check_count("n_jobs", self.n_jobs, 1, " (trials launched together)")
+        check_count("max_failures", self.max_failures, 1, " (failed trials in a row)")
+        check_heartbeat(self.heartbeat_interval, self.grace_period)
+        check_flag("plots", self.plots)
+        self.study_name = check_study_name(self.study_name)
+        check_storage(self.storage_url)
+        check_component("sampler", self.sampler_cfg, "sampler")
+        check_component("pruner", self.pruner_cfg, "pruner")
         self.validate_fn = None
-        if self.validator:
+        if self.validator is not None:
             from hydra.utils import get_method
 
+            if not isinstance(self.validator, str) or not self.validator.strip():
+                raise _SettingsError("validator", f"must be null or a function's dotted path, "
+                                                  f"got {self.validator!r}")
             try:
                 self.validate_fn = get_method(self.validator)
             except Exception as err:
                 raise _SettingsError("validator", _error_text(err)) from None
 
-    def _params(self) -> Dict[str, Any]:
-        """``params``, plus the ``group_params`` of the options this sweep composed."""
+    def _params(self) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        """``params``, plus the ``group_params`` of the options this sweep composed; and
+        where each was written (for errors)."""
+        if self.params is not None and not isinstance(self.params, Mapping):
+            raise _SettingsError("params", f"must be a mapping of config keys to sweeps, e.g. "
+                                           f"{{prune.ratio: interval(0.1, 0.9)}}, got "
+                                           f"{self.params!r}")
         params = dict(self.params or {})
+        origins = {key: f"hydra.sweeper.params.{key}" for key in params}
+        if self.group_params is not None and not isinstance(self.group_params, Mapping):
+            raise _SettingsError("group_params", f"expected {{group: {{option: {{key: sweep}}}}}}"
+                                                 f", got {self.group_params!r}")
         choices = OmegaConf.select(self.config, "hydra.runtime.choices", default=None) or {}
         for group, by_option in (self.group_params or {}).items():
-            if not isinstance(by_option, Mapping):
-                raise _SettingsError("group_params", f"{group}: expected {{option: {{key: "
-                                                     f"sweep}}}}, got {by_option!r}")
+            if not isinstance(by_option, Mapping) or \
+                    not all(v is None or isinstance(v, Mapping) for v in by_option.values()):
+                raise _SettingsError(f"group_params.{group}", f"expected {{option: {{key: "
+                                                              f"sweep}}}}, got {by_option!r}")
+            if group not in choices:
+                raise _SettingsError(f"group_params.{group}", f"{group!r} is not a config group "
+                                                              f"of this app")
+            known = self._group_options(group)
+            for option in by_option:
+                if known and option not in known:
+                    raise _SettingsError(f"group_params.{group}.{option}",
+                                         f"{group} has no option {option!r}; options: "
+                                         f"{', '.join(sorted(known))}")
             extra = by_option.get(choices.get(group)) or {}
             params.update(extra)
-        return params
+            origins.update({key: f"hydra.sweeper.group_params.{group}.{choices.get(group)}.{key}"
+                            for key in extra})
+        return params, origins
+
+    def _group_options(self, group: str) -> List[str]:
+        try:
+            return list(self.hydra_context.config_loader.get_group_options(group))
+        except Exception:  # a group from a plugin's ConfigStore, say: do not guess
+            return []
 
     def _job_error(self, overrides: Sequence[str]) -> Optional[str]:
         """Compose one job's config and validate it; the error as ``Type: message``, or None."""
+        err = self._check_job(overrides)
+        return None if err is None else _error_text(err)
+
+    def _check_job(self, overrides: Sequence[str]) -> Optional[Exception]:
         assert self.hydra_context is not None and self.config is not None
         try:
             job_cfg = self.hydra_context.config_loader.load_sweep_config(
@@ -185,7 +256,7 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
             if self.validate_fn is not None:
                 self.validate_fn(job_cfg)
         except Exception as err:
-            return _error_text(err)
+            return err
         return None
 
     def _probe(self, space: SearchSpace, handover: List[str]) -> None:
@@ -199,18 +270,15 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
             return list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
 
         base = {name: first(dist) for name, dist in space.distributions.items()}
-        points = [base] + [{**base, name: value}
-                           for name, dist in space.distributions.items()
-                           for value in corners(dist) if value != base[name]]
-        for point in points:
-            overrides = space.overrides(point) + handover
-            error = self._job_error(overrides)
-            if error is not None:
-                message = error.split(": ", 1)[1] if error.startswith("ConfigError: ") else error
+        points = [(None, base)] + [(name, {**base, name: value})
+                                   for name, dist in space.distributions.items()
+                                   for value in corners(dist) if value != base[name]]
+        for varied, point in points:
+            err = self._check_job(space.overrides(point) + handover)
+            if err is not None:
                 where = " ".join(space.overrides(point)) or "(defaults)"
-                print(f"tinyexp: error: {message} [in search space point: {where}]",
-                      file=sys.stderr)
-                sys.exit(2)
+                _fail(f"{probe_message(err, point, varied)} [in search space point: {where}]",
+                      err)
 
     # ------------------------------------------------------------------ the loop
 
@@ -218,26 +286,27 @@ class TinyexpOptunaSweeper(_StudyMixin, _TellMixin, _ResultsMixin, Sweeper):
         assert self.config is not None and self.hydra_context is not None
         try:
             self._settings()
-            space = build_search_space(self._params(), arguments,
-                                       self.hydra_context.config_loader)
-        except (_SettingsError, ValueError) as err:
-            message = str(err) if isinstance(err, _SettingsError) else \
-                f"hydra.sweeper.params: {err}"
-            print(f"tinyexp: error: {message}", file=sys.stderr)
-            sys.exit(2)
+            params, origins = self._params()
+            space = build_search_space(params, arguments, self.hydra_context.config_loader,
+                                       origins)
+        except _SettingsError as err:
+            _fail(f"{user_key(self.raw_settings, err.setting)}: {err.message}")
+        except SpaceError as err:
+            _fail(str(err))
         study_name = self.study_name or self.sweep_dir.name
         plus = "++" if "optuna" in self.config else "+"
         self._probe(space, self._handover(plus, study_name, "sqlite:///probe.db", 0, 0))
 
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study, url, rdb = self._open_study(study_name)
-        self.storage_used = url
+        # The results file, the MLflow tags and the console get the URL without its password.
+        self.storage_used = redact(url)
         self._mlflow_parent(study, study_name)
         self._reclaim_stale(study)
 
         done = self._n_done(study)
         print(f"[optuna] study {study_name} ({', '.join(self.directions)} "
-              f"{', '.join(self.objective_names)}) in {url}: {done}/{self.n_trials} trials "
+              f"{', '.join(self.objective_names)}) in {redact(url)}: {done}/{self.n_trials} trials "
               f"finished{', resuming' if done else ''}", flush=True)
         in_a_row = 0
         while True:

@@ -216,7 +216,7 @@ def test_max_layer_ratio_keeps_a_share_of_every_group(name: str) -> None:
 
 
 def test_tp_alone_still_refuses_a_group_global_ranking_empties() -> None:
-    """Why CappedPruner exists: drop it once this fails (tp then caps within a step itself)."""
+    """Why WidthPruner caps scores: drop that once this fails (tp then caps within a step)."""
     net = build("cnn-w32").eval()
     pruner = tp.pruner.BasePruner(
         net, sample("cnn-w32"), importance=L1Importance(), pruning_ratio=0.85,

@@ -225,10 +225,10 @@ def test_macs_are_the_onnx_artifacts(tmp_path) -> None:
 
 
 def test_rows_follow_pruning_rounding() -> None:
-    # torch-pruning keeps int(width * (1 - ratio)) channels: any ratio removes at least one,
-    # and a ratio that would keep none prunes nothing (kept == width) -- still one row each
+    # a group keeps floor(width * (1 - ratio)) channels, at least 1 (kept_channels): any ratio
+    # removes at least one, and a ratio that would keep none keeps 1 (it used to keep all)
     net = ConvAutoencoder(in_channels=nets.C, window=32, channels=(4, 2))  # widths 4, 2, 2, 4
-    for ratio, kept in [(0.01, [3, 1, 1, 3]), (0.6, [1, 2, 2, 1]), (0.9, [4, 2, 2, 4])]:
+    for ratio, kept in [(0.01, [3, 1, 1, 3]), (0.6, [1, 1, 1, 1]), (0.9, [1, 1, 1, 1])]:
         rows = layer_sensitivity(net, sample("cnn"), lambda m: {"n": 1.0}, [ratio], opset=OPSET)
         assert len(rows) == 1 + 4
         assert [row["kept"] for row in rows[1:]] == kept

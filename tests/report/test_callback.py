@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from hydra.utils import get_class
-from support import TINY, compose, run_cli
+from support import ROOT, TINY, compose, run_cli
 
 from tinyexp.report.callback import MultirunSummary
 
@@ -24,9 +26,12 @@ def test_multirun_ends_with_the_compact_table(sweep):
 
 
 def test_failed_job_still_gets_the_summary_of_the_others(tmp_path):
-    # Lightning rejects the second accelerator inside its job; tinyexp does not check it.
-    result = run_cli(["-m", *TINY, "trainer.accelerator=cpu,no_such_device", "cache_dir=cache",
-                      "hydra.sweep.dir=sweep"], tmp_path)
+    # The second job's training raises (its callback breaks on purpose): a failure while
+    # running, not bad input (which would stop the sweep before any job).
+    result = run_cli(["-m", *TINY, "callbacks.early_stopping._target_=pytorch_lightning."
+                      "callbacks.EarlyStopping,failing_callback.FailingEarlyStopping",
+                      "cache_dir=cache", "hydra.sweep.dir=sweep"], tmp_path,
+                     env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
     assert result.returncode != 0
     assert "1 run in" in result.stdout and "sensors-cnn-l1@0.5-none" in result.stdout
     assert "jobs without results (failed, pruned by a search, or interrupted): 1" in result.stdout

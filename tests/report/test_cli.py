@@ -1,18 +1,22 @@
-"""``tinyexp-report``: the files it writes, the MLflow run it logs, and its one-line errors."""
+"""``tinyexp-report``: the files it writes, the MLflow run it logs, and its one-line errors
+(``tinyexp: error: <option>: ...``, exit status 2, checked before any run is read or logged)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from support import ROOT, run_report
 
-from tinyexp.report.cli import write_report
+from tinyexp.report.cli import check_out_dir, check_tracking_uri, main, write_report
 from tinyexp.report.plots import PLOTS
+from tinyexp.report.runs import ReportError
 
 
 def test_write_report_writes_table_formats_and_plots(records, tmp_path, is_png):
@@ -73,26 +77,81 @@ def test_latest_sweep_is_found_in_mlflow_and_reported_into_its_folder(sweep):
         assert len(list(csv.DictReader(f))) == 4
 
 
-@pytest.mark.parametrize(("args", "key"), [
-    (["--sweep", "no/such/folder"], "--sweep"),
-    (["--metric", "accuracy"], "--metric"),
-    (["--tag", "tinyexp.arch"], "--tag"),
-    (["--experiment", "nothing-here"], "no MLflow experiment"),
-    (["--tag", "tinyexp.arch=resnet"], "no finished tinyexp runs"),
-    (["--filter", "metrics.f1 >>> 3"], "MLflow rejects the filter"),
+@pytest.mark.parametrize(("args", "start"), [
+    (["--sweep", "no/such/folder"], "--sweep: "),
+    (["--metric", "accuracy"], "--metric: "),
+    (["--tag", "tinyexp.arch"], "--tag: "),
+    (["--experiment", "nothing-here"], "--experiment: no MLflow experiment"),
+    (["--tag", "tinyexp.arch=resnet"], "--tag: no finished tinyexp runs"),
+    (["--filter", "metrics.f1 >>> 3"], "--filter: MLflow rejects the filter"),
+    (["--tracking-uri", "bogus://x"], "--tracking-uri: "),
+    (["--out", "/proc/report"], "--out: "),
 ])
-def test_bad_selection_fails_with_one_line_and_logs_nothing(sweep, args, key):
+def test_bad_selection_fails_with_one_line_and_logs_nothing(sweep, args, start):
     cwd, _ = sweep
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tinyexp").experiment_id
     before = len(client.search_runs([experiment]))
-    result = run_report([*args, "--out", "bad"], cwd)
+    out = [] if "--out" in args else ["--out", "bad"]
+    result = run_report([*args, *out], cwd)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("tinyexp-report: error:"), result.stderr
-    assert key in errors[0]
+    assert len(errors) == 1 and errors[0].startswith(f"tinyexp: error: {start}"), result.stderr
     assert not (cwd / "bad").exists()
     assert len(client.search_runs([experiment])) == before
+
+
+@pytest.mark.parametrize(("uri", "text"), [
+    ("bogus://x", "unknown scheme 'bogus'"),
+    ("", "must not be empty"),
+    ("sqlite://", "in-memory"),
+    ("sqlite:///no/such/folder/mlflow.db", "does not exist"),
+    ("{file}", "is a file"),
+])
+def test_a_tracking_uri_mlflow_cannot_open_is_refused_up_front(tmp_path, uri, text):
+    (tmp_path / "runs.txt").write_text("not a store")
+    with pytest.raises(ReportError) as caught:
+        check_tracking_uri(uri.format(file=tmp_path / "runs.txt"), "--tracking-uri")
+    assert str(caught.value).startswith("--tracking-uri: ") and text in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.txt"]
+
+
+def test_a_database_password_is_never_echoed():
+    if any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
+        pytest.skip("a PostgreSQL driver is installed")
+    with pytest.raises(ReportError) as caught:
+        check_tracking_uri("postgresql://user:secret@localhost/db", "--tracking-uri")
+    assert "secret" not in str(caught.value) and "user:***@localhost" in str(caught.value)
+
+
+@pytest.mark.parametrize(("out", "text"), [
+    ("/proc/report", "cannot write /proc/report"),
+    ("{file}", "is a file"),
+    ("{file}/sub", "is a file, not a folder"),
+])
+def test_an_out_folder_that_cannot_be_written_is_refused_before_anything(tmp_path, out, text):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ReportError) as caught:
+        check_out_dir(Path(out.format(file=tmp_path / "taken")))
+    assert str(caught.value).startswith("--out: ") and text in str(caught.value)
+    check_out_dir(tmp_path / "new" / "report")  # creatable: fine, and nothing is created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize(("args", "start"), [
+    (["--bogus"], "--bogus: unknown option"),
+    (["--sweep"], "--sweep: expected one argument"),
+    (["--sweep", "a", "--tag", "k=v"], "--tag: not allowed with argument --sweep"),
+    (["--metric", "nope"], "--metric: invalid choice: 'nope'"),
+    (["--experiment", " "], "--experiment: must not be empty"),
+])
+def test_option_errors_are_one_line_in_the_tinyexp_format(capsys, args, start):
+    with pytest.raises(SystemExit) as stopped:
+        status = main(args)
+        raise SystemExit(status)
+    assert stopped.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith(f"tinyexp: error: {start}")
 
 
 def test_report_help_does_not_import_torch_or_mlflow(tmp_path):

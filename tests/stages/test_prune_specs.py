@@ -22,17 +22,29 @@ def _spec(overrides: list[str]):
     return validate(compose(overrides))["prune"]
 
 
-def _prune(overrides: list[str], tmp_path, data: list[str] = ()):
-    """Apply the prune stage of a tiny job (no fine-tuning) to a fresh network."""
+def _job(overrides: list[str], data: list[str] = ()):
+    """A tiny job's config (no fine-tuning), its datamodule and its fresh network."""
     from tinyexp import pipeline
-    from tinyexp.tracking import NullTracker
 
     tiny = [o for o in TINY if not (data and o.startswith("dataset."))]  # sensors' keys
     cfg = compose([*tiny, *data, "prune.finetune_epochs=0", "logger=none", *overrides])
-    data = pipeline.build_datamodule(cfg)
-    net = pipeline.build_net(cfg, data)
-    ctx = pipeline.build_context(cfg, data, tmp_path, NullTracker())
-    return validate(cfg)["prune"].apply(net, ctx)
+    datamodule = pipeline.build_datamodule(cfg)
+    return cfg, datamodule, pipeline.build_net(cfg, datamodule)
+
+
+def _run(overrides: list[str], tmp_path, data: list[str] = ()):
+    """Apply the prune stage of a tiny job to a fresh network: (network, metrics, context)."""
+    from tinyexp import pipeline
+    from tinyexp.tracking import NullTracker
+
+    cfg, datamodule, net = _job(overrides, data)
+    ctx = pipeline.build_context(cfg, datamodule, tmp_path, NullTracker())
+    return (*validate(cfg)["prune"].apply(net, ctx), ctx)
+
+
+def _prune(overrides: list[str], tmp_path, data: list[str] = ()):
+    """Apply the prune stage of a tiny job (no fine-tuning) to a fresh network."""
+    return _run(overrides, tmp_path, data)[:2]
 
 
 def _widths(net) -> dict[str, int]:
@@ -204,3 +216,71 @@ def test_a_csv_for_another_network_names_its_file(tmp_path):
                                           rf"{re.escape(str(csv))}\) is not a prunable layer"):
         _prune([f"prune.layer_ratios={csv}"], tmp_path)
 
+
+
+# ----------------------------------------------------------------------------- nothing pruned
+
+
+def test_a_high_ratio_prunes_in_a_run(tmp_path):
+    pruned, metrics, ctx = _run(["prune.ratio=0.99"], tmp_path)
+    assert [_widths(pruned)[g] for g in CNN_GROUPS] == [1, 1, 1, 1]
+    assert metrics["params"] < 12_648 and metrics["groups_unchanged"] == 0
+    assert "tinyexp.prune_unchanged" not in ctx.tags
+
+
+def test_groups_that_kept_their_width_are_recorded(tmp_path, caplog):
+    # round_to=16: the 32-wide groups keep 16, the 16-wide ones cannot shrink
+    pruned, metrics, ctx = _run(["prune.round_to=16"], tmp_path)
+    assert [_widths(pruned)[g] for g in CNN_GROUPS] == [16, 16, 16, 16]
+    assert metrics["groups_unchanged"] == 2
+    assert ctx.tags["tinyexp.prune_unchanged"] == "encoder.1.0, decoder.0.0"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("2 of 4 groups" in w and "encoder.1.0, decoder.0.0" in w for w in warnings)
+
+
+def _check(overrides: list[str], data: list[str] = ()):
+    """``check_prunes`` as the pre-run check calls it: the untrained network, the example."""
+    cfg, datamodule, net = _job(overrides, data)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    validate(cfg)["prune"].check_prunes(net, datamodule.example_input())
+    after = net.state_dict()
+    assert after.keys() == before.keys() and all(after[k].equal(before[k]) for k in after)
+
+
+@pytest.mark.parametrize(("overrides", "data"), [
+    ([], []), (["prune.ratio=0.99"], []), (["prune.ratio=0.99", "prune.steps=1"], []),
+    (["prune.ratio=0"], []), (["prune.round_to=31"], []), (["prune.round_to=16"], []),
+    (["prune=taylor", "prune.ratio=0.99"], []), (["prune=random"], []), (["prune=fpgm"], []),
+    (["prune=l2", "prune.global_ranking=true", "prune.max_layer_ratio=1", "prune.ratio=0.99"],
+     []),
+    (["prune.ratio=0", "prune.layer_ratios={encoder.1.0: 0.99}"], []),
+    (["prune.layer_ratios=/no/such.csv"], []),  # read when it runs; the ratio stands in
+    (["arch=lstm", "prune.ratio=0.99"], []), (["arch=transformer", "prune.ratio=0.99"], []),
+    (["arch=custom_cnn", "prune=taylor", "prune.ratio=0.99"], ["dataset=digits"]),
+])
+def test_check_prunes_passes_what_prunes(overrides, data):
+    _check(overrides, data)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["prune.round_to=1000"], "prune.round_to: 1000 is not below the width of any prunable "
+                              "layer (widest: 32 channels): nothing would be pruned; use a value "
+                              "<= 31"),
+    (["prune.round_to=32", "prune.ratio=0.99"], "prune.round_to: 32 is not below the width of "
+                                                "any prunable layer (widest: 32 channels)"),
+    (["arch=lstm", "prune.round_to=64"], "prune.round_to: 64 is not below the width of any "
+                                         "prunable layer (widest: 32 channels)"),
+    (["arch.channels=[1,1]"], "prune.ratio: 0.5 would prune nothing: every prunable layer it "
+                              "applies to is 1 channel wide; use prune=none to skip pruning"),
+    (["arch.channels=[1,1]", "prune.ratio=0", "prune.layer_ratios={encoder.0.0: 0.5}"],
+     "prune.layer_ratios: {'encoder.0.0': 0.5} would prune nothing: every prunable layer it "
+     "applies to is 1 channel wide"),
+    (["prune.layer_ratios={encoder.0: 0.5}"], "prune.layer_ratios: 'encoder.0' is not a "
+                                              "prunable layer of this network; allowed: "),
+])
+def test_check_prunes_refuses_settings_that_prune_nothing(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        _check(overrides)
+    assert str(err.value).startswith(message)
+    assert err.value.key == message.split(":")[0]
+    assert "\n" not in str(err.value)

@@ -9,7 +9,10 @@ next conv's input channels, a residual stream with every block that reads/writes
 criterion is a ``tp`` importance object (:class:`~tinyexp.compress.tp_patches.L1Importance`
 for group L1 norm, ``tp.importance.RandomImportance()`` for a random baseline, ...), and
 nothing else depends on it. By default every group loses the same share; an
-:class:`Allocation` sets shares per group or ranks all groups' channels together.
+:class:`Allocation` sets shares per group or ranks all groups' channels together. How many
+channels a group keeps is one rule, :func:`~tinyexp.compress.tp_pruner.kept_channels`: a
+larger ratio never keeps more, and a group that can shrink never keeps all or none; a group
+that was meant to shrink and did not is named in the report (``groups_unchanged``).
 
 What ``tp`` 1.6.1 lacks for our models (an ``nn.LSTM`` handler, LSTM-aware tracing and
 scoring, attention head bookkeeping) lives in :mod:`tinyexp.compress.tp_patches`; this
@@ -28,12 +31,12 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from tinyexp.compress.tp_patches import (
-    CappedPruner,
     LSTMPruner,
     attention_modules,
     sync_heads,
     traceable_forward,
 )
+from tinyexp.compress.tp_pruner import WidthPruner, kept_channels
 from tinyexp.measure.cost import count_params
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "UnknownLayerError",
     "accumulate_gradients",
     "dependency_graph",
+    "kept_channels",
     "layer_widths",
     "output_layers",
     "prune_structured",
@@ -78,6 +82,12 @@ class PruneReport:
         widths_before: Output width of every Conv/Linear/LSTM layer before pruning.
         widths_after: The same widths after pruning.
         heads_after: ``num_heads``/``head_dim`` of each attention module after pruning.
+        groups: ``{group: (width, ratio)}`` of every prunable group: its width as counted
+            (channels; dims per head for attention) and the ratio meant for it (the overall
+            ratio for a globally ranked group).
+        groups_unchanged: The groups meant to shrink (ratio > 0) that kept their width: too
+            narrow to shrink (1 channel, or not wider than ``round_to``), unscored by the
+            importance, or, under global ranking, ranked above every pruned channel.
     """
 
     ratio: float
@@ -88,6 +98,8 @@ class PruneReport:
     widths_before: dict[str, int] = field(default_factory=dict)
     widths_after: dict[str, int] = field(default_factory=dict)
     heads_after: dict[str, tuple[int, int]] = field(default_factory=dict)
+    groups: dict[str, tuple[int, float]] = field(default_factory=dict)
+    groups_unchanged: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -212,8 +224,11 @@ def prune_structured(
 
     Channels of convs, Linear hidden units, LSTM hidden units, attention head dims and
     the transformer residual width all shrink by ``ratio`` (per group, uniformly, unless
-    ``allocation`` says otherwise). The input channels of the first layer and the output
-    channels of the output layer(s) are kept, so input and output shapes do not change.
+    ``allocation`` says otherwise): a group of ``width`` keeps
+    ``kept_channels(width, ratio, round_to)`` = ``floor(width * (1 - ratio))`` channels,
+    rounded down to a multiple of ``round_to``, at least 1 (at least ``round_to``). The input
+    channels of the first layer and the output channels of the output layer(s) are kept, so
+    input and output shapes do not change.
 
     Args:
         net: Model to prune; modified in place (its train/eval mode is restored).
@@ -229,7 +244,8 @@ def prune_structured(
             (e.g. :func:`accumulate_gradients` for a gradient-based importance).
         finetune: Called as ``finetune(net)`` after every step (e.g. a few epochs of
             training). Parameters are replaced by pruning, so build optimizers inside it.
-        round_to: Keep channel counts multiples of this (e.g. 4/8 for SIMD kernels).
+        round_to: Keep channel counts multiples of this (e.g. 4/8 for SIMD kernels): counts
+            are rounded down, never below ``round_to``; a group not wider than it stays whole.
         ignored_layers: Extra modules whose output channels must not be pruned.
         allocation: Per-group shares and global ranking (:class:`Allocation`); ``None``: every
             group loses ``ratio``.
@@ -265,7 +281,7 @@ def prune_structured(
     # ranking a group past it between steps, which uniform pruning has never done
     capped = allocation.global_ranking
 
-    pruner = CappedPruner(
+    pruner = WidthPruner(
         net,
         example_input,
         importance=importance,
@@ -299,6 +315,7 @@ def prune_structured(
             finetune(net)
             net.eval()
 
+    widths_after = layer_widths(net)
     report = PruneReport(
         ratio=float(ratio),
         steps=steps,
@@ -306,8 +323,11 @@ def prune_structured(
         params_after=count_params(net),
         groups_pruned=groups_pruned,
         widths_before=widths_before,
-        widths_after=layer_widths(net),
+        widths_after=widths_after,
         heads_after={name: (m.num_heads, m.head_dim) for name, m in attention.items()},
+        groups=dict(pruner.plan),
+        groups_unchanged=[name for name, (_, r) in pruner.plan.items()
+                          if r > 0 and widths_after[name] == widths_before[name]],
     )
     net.train(was_training)
     return net, report

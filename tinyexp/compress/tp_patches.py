@@ -13,8 +13,9 @@ the patches can be dropped one by one when ``tp`` fixes them:
   (e.g. the hidden units between two stacked LSTMs); :class:`MagnitudeImportance` (any ``p``;
   :class:`L1Importance` is ``p=1``), :class:`TaylorImportance` and :class:`FPGMImportance`
   score them.
-* Global ranking: tp's ``max_pruning_ratio`` does not stop one step from selecting a whole
-  group, which tp then refuses to prune at all; :class:`CappedPruner` keeps each group's share.
+* Channel counts: tp leaves a group whole, silently, when its count rounds to 0 channels kept
+  (high ratios, ``round_to``, global ranking within one step);
+  :class:`~tinyexp.compress.tp_pruner.WidthPruner` (its own module) counts every group.
 * Attention: tp shrinks head dims only when told each ``qkv`` layer's head count, and never
   updates the module's own ``num_heads``/``head_dim``; :func:`attention_modules` finds
   modules in timm's layout and :func:`sync_heads` writes the new counts back.
@@ -30,7 +31,6 @@ import torch_pruning as tp
 from torch_pruning.pruner.function import BasePruningFunc
 
 __all__ = [
-    "CappedPruner",
     "FPGMImportance",
     "L1Importance",
     "LSTMPruner",
@@ -318,39 +318,6 @@ class FPGMImportance(_LSTMScores, tp.importance.FPGMImportance):
         rows = _lstm_unit_vectors if hidden else _lstm_input_vectors
         v = rows(lstm, lambda w: w.detach().abs().pow(self.p).cpu())[idxs]
         return torch.cdist(v[None], v[None], p=2)[0].abs().sum(dim=0)
-
-
-# --------------------------------------------------------------------------- global ranking
-
-
-class CappedPruner(tp.pruner.BasePruner):
-    """tp's pruner whose global ranking leaves every group its share ``1 - max_pruning_ratio``.
-
-    tp applies ``max_pruning_ratio`` only between steps (a group already past it is not ranked
-    again): within one step global ranking may select every channel of a group, which
-    ``check_pruning_group`` then refuses, so that group stays unpruned and the step falls short
-    of the ratio (at 0.5 the transformer's head dims, scored as a mean over heads, go that way).
-    Here the ``int(width * (1 - max_pruning_ratio))`` best channels of each group (at least 1)
-    score above any other before tp takes the threshold. The order within a group is kept, so
-    local ranking (no ``global_pruning``) picks exactly the channels tp's pruner picks.
-    """
-
-    _KEEP = 2.0**20  # above any normalised score; + rank keeps the order (exact in float32)
-
-    def estimate_importance(self, group) -> torch.Tensor | None:
-        imp = super().estimate_importance(group)
-        if imp is None or not self.global_pruning:
-            return imp
-        root = group[0].dep
-        initial = (self.layer_init_out_ch if self.DG.is_out_channel_pruning_fn(root.handler)
-                   else self.layer_init_in_ch)[root.target.module]
-        ch_groups = self._get_channel_groups(group)  # heads: every head keeps the same dims
-        keep = max(1, int(initial // ch_groups * (1 - self.max_pruning_ratio)))
-        dims = imp.view(ch_groups, -1).clone()
-        best = dims.mean(dim=0).argsort(descending=True, stable=True)[:keep]
-        rank = torch.arange(len(best), 0, -1, dtype=dims.dtype, device=dims.device)
-        dims[:, best] = self._KEEP + rank
-        return dims.view(-1)
 
 
 # --------------------------------------------------------------------------- attention

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyexp.data.skab_files import CHANNELS, anomalous_files, check_data_dir
+from tinyexp.data.skab_files import CHANNELS, anomalous_files, check_data_dir, check_skab_csv
 from tinyexp.data.windows import AnomalySegment, SeriesDataModule, make_windows
 
 __all__ = ["CHANNELS", "SkabDataModule", "check_data_dir", "read_skab_csv"]
-
 
 
 def read_skab_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -23,14 +22,30 @@ def read_skab_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         (values (T, 8) float64 in CHANNELS order, anomaly labels (T,) int64).
+
+    Raises:
+        ConfigError: (a ValueError) keyed by the file, naming row and column, for anything
+            ``check_skab_csv`` rejects.
+        ValueError: naming the file, if it has no data rows or pandas disagrees with the check.
     """
     import pandas as pd  # heavy; only needed when data is actually read
 
-    df = pd.read_csv(path, sep=";", index_col="datetime")
-    missing = [c for c in (*CHANNELS, "anomaly") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing SKAB columns {missing}")
-    return df[list(CHANNELS)].to_numpy(np.float64), df["anomaly"].to_numpy().astype(np.int64)
+    # The stdlib check first (a few ms a file): pandas reads a row short of a cell by shifting
+    # the rest left, and names neither file nor row when it fails.
+    checked = np.frombuffer(check_skab_csv(path), dtype=np.uint8)
+    try:
+        df = pd.read_csv(path, sep=";", index_col="datetime")
+        values = df[list(CHANNELS)].to_numpy(np.float64)
+        labels = df["anomaly"].to_numpy(np.float64)
+    except (ValueError, KeyError) as err:  # pandas' parse errors are ValueErrors
+        raise ValueError(f"{path}: not readable as a SKAB CSV ({err})") from None
+    if len(values) == 0:
+        raise ValueError(f"{path}: has a header but no data rows")
+    # The two readers must agree; should they not, stop rather than train on either reading.
+    if not np.isfinite(values).all() or not np.array_equal(labels, checked):
+        raise ValueError(f"{path}: pandas read it differently from the csv module "
+                         f"({len(labels)} rows vs {len(checked)}, or non-finite values)")
+    return values, labels.astype(np.int64)
 
 
 def _scale(values: np.ndarray, train_rows: int) -> np.ndarray:
@@ -76,8 +91,10 @@ class SkabDataModule(SeriesDataModule):
         segments = []
         for path in anomalous_files(root, self.folders):
             values, labels = read_skab_csv(path)
-            if len(values) < max(self.train_rows, self.window):
-                raise ValueError(f"{path}: {len(values)} rows, need at least {self.train_rows}")
+            if len(values) < self.train_rows + self.window:
+                raise ValueError(f"{path}: {len(values)} data rows, need at least "
+                                 f"{self.train_rows + self.window}: train_rows={self.train_rows} "
+                                 f"to train on, then window={self.window} for one test window")
             scaled = _scale(values, self.train_rows)
             segments.append(
                 AnomalySegment(

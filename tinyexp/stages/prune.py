@@ -12,6 +12,7 @@ YAML file in ``conf/prune/``.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,19 +23,35 @@ from tinyexp.schemas import ConfigError, _require
 from tinyexp.stages.base import Context, Stage
 
 UNPRUNED = "(none)"  # the unpruned row of layer_sensitivity.csv (sensitivity.NO_GROUP)
+UNCHANGED_TAG = "tinyexp.prune_unchanged"  # the groups that were meant to shrink and did not
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class StructuredPrune(Stage):
     """Remove whole channels, hidden units and head dimensions, ranked by ``importance()``.
 
+    How many channels a group keeps: a group of ``width`` channels (dims per head for attention)
+    pruned by ``r`` keeps ``floor(width * (1 - r))``, rounded down to a multiple of ``round_to``,
+    and never fewer than the minimum: 1 channel, or ``round_to`` channels with ``round_to`` (so
+    a width stays a multiple of it). So a larger ratio never keeps more, any ratio > 0 removes
+    at least one channel of a group that can lose one, and no group is emptied. A group meant to
+    shrink that keeps its width (1 channel wide, not wider than ``round_to``, left whole by
+    global ranking) is counted in ``pruned/groups_unchanged``, named in the run's
+    ``tinyexp.prune_unchanged`` tag and in a warning; settings that would prune nothing at all
+    are refused before training by :meth:`check_prunes`.
+
     Attributes:
         ratio: share of channels removed in each prunable group, in [0, 1); with
             ``global_ranking`` the share of all their channels, and with ``layer_ratios`` from a
             CSV the most any group loses.
-        steps: iterative pruning: reach ``ratio`` in this many steps.
+        steps: iterative pruning: reach ``ratio`` in this many steps (the final widths do not
+            depend on it, except under global ranking).
         finetune_epochs: fine-tuning epochs after each step (early stopping still applies).
-        round_to: keep widths a multiple of this (e.g. 4 or 8 for SIMD kernels), or null.
+        round_to: keep widths a multiple of this (e.g. 4 or 8 for SIMD kernels), or null:
+            counts are rounded down but never below ``round_to``; a group not wider than
+            ``round_to`` stays whole.
         global_ranking: rank the channels of all groups together (torch-pruning's global
             pruning; scores normalised per group first): the least important channels go
             wherever they are, so widths come out non-uniform at the same overall ratio.
@@ -139,14 +156,79 @@ class StructuredPrune(Stage):
                 steps=self.steps, before_step=self.before_step(ctx), finetune=finetune,
                 round_to=self.round_to, allocation=allocation)
         except UnknownLayerError as err:
-            source = f" (in {self.layer_ratios})" if isinstance(self.layer_ratios, str) else ""
-            raise ConfigError("prune.layer_ratios", f"{err.name!r}{source} is not a prunable "
-                              f"layer of this network; allowed: {', '.join(err.allowed)}") from None
+            raise self._unknown_layer(err) from None
         pruned.zero_grad(set_to_none=True)  # gradients a criterion read are of no further use
+        if report.groups_unchanged:
+            names = ", ".join(report.groups_unchanged)
+            log.warning("prune=%s: %d of %d groups meant to shrink kept their width: %s "
+                        "(recorded as pruned/groups_unchanged and the %s tag)", self.name,
+                        len(report.groups_unchanged),
+                        sum(r > 0 for _, r in report.groups.values()), names, UNCHANGED_TAG)
+            ctx.tags[UNCHANGED_TAG] = names
         return pruned, {**ctx.measure_float(pruned, "pruned"),
                         "ratio_asked": report.ratio, "steps": report.steps,
                         "groups_pruned": report.groups_pruned,
+                        "groups_unchanged": len(report.groups_unchanged),
                         "finetune_epochs": sum(trained)}
+
+    def _unknown_layer(self, err: Any) -> ConfigError:
+        source = f" (in {self.layer_ratios})" if isinstance(self.layer_ratios, str) else ""
+        return ConfigError("prune.layer_ratios", f"{err.name!r}{source} is not a prunable "
+                           f"layer of this network; allowed: {', '.join(err.allowed)}")
+
+    def check_prunes(self, net: Any, example: Any) -> None:
+        """Raise ``ConfigError`` if these settings would prune nothing at all on ``net``.
+
+        A dry run of the configured pruning (``ratio``, ``steps``, ``round_to``, global ranking
+        and a ``layer_ratios`` mapping, whose names are checked too) on a deep copy of ``net``,
+        without fine-tuning. The counts do not depend on the channels' scores (except under
+        global ranking), so every criterion is dry-run with L1 scores: no gradients needed. A
+        CSV's ratios are not read here: they are at most ``ratio``, which stands in for them.
+        Meant for the freshly built, untrained network and the datamodule's example input,
+        before anything trains; milliseconds on the default models.
+
+        Raises:
+            ConfigError: ``prune.round_to`` if ``round_to`` alone keeps every group whole,
+                ``prune.layer_ratios`` for an unknown group name or if only ``layer_ratios``
+                asked for pruning, else ``prune.ratio``. Ratios of 0 (a no-op) pass.
+        """
+        import copy
+
+        from tinyexp.compress.prune import (
+            Allocation,
+            UnknownLayerError,
+            kept_channels,
+            prune_structured,
+        )
+        from tinyexp.compress.tp_patches import L1Importance
+
+        given = {str(k): float(v) for k, v in (self._given_ratios() or {}).items()}
+        if self.ratio == 0 and not any(given.values()):
+            return  # nothing asked
+        allocation = Allocation(layer_ratios=given, global_ranking=self.global_ranking,
+                                max_layer_ratio=self.max_layer_ratio)
+        try:
+            _, report = prune_structured(copy.deepcopy(net), example, self.ratio,
+                                         importance=L1Importance(), steps=self.steps,
+                                         round_to=self.round_to, allocation=allocation)
+        except UnknownLayerError as err:
+            raise self._unknown_layer(err) from None
+        if report.params_after < report.params_before:
+            return
+        meant = [(w, r) for w, r in report.groups.values() if r > 0]
+        shrinkable = [w for w, r in meant if kept_channels(w, r) < w]  # without round_to
+        if self.round_to and shrinkable:
+            raise ConfigError("prune.round_to", f"{self.round_to} is not below the width of any "
+                              f"prunable layer (widest: {max(shrinkable)} channels): nothing "
+                              f"would be pruned; use a value <= {max(shrinkable) - 1}")
+        key, value = (("prune.layer_ratios", given) if self.ratio == 0
+                      else ("prune.ratio", self.ratio))
+        widest = max((w for w, _ in meant), default=0)
+        why = ("every prunable layer it applies to is 1 channel wide" if widest == 1 else
+               f"the layers it applies to stayed whole (widest: {widest} channels)" if widest
+               else "the network has no prunable layer (only layers fixing the output shape)")
+        raise ConfigError(key, f"{value} would prune nothing: {why}; use prune=none to skip "
+                               "pruning")
 
 
 def ratios_from_sensitivity(path: Path, metric: str, tolerance: float,

@@ -1,4 +1,5 @@
-"""The Optuna sweeper: search space, failures, kill and resume, constraints, results, MLflow.
+"""The Optuna sweeper: failures, kill and resume, constraints, results, MLflow (the search
+space and the checks of the settings: ``test_settings.py``).
 
 Most tests drive the sweeper through a throwaway Hydra app whose task fakes a tinyexp job
 (returns the job contract's dict computed from its parameters, or raises, returns NaN, asks to
@@ -18,15 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from support import ROOT, TINY, run_cli
-
-from hydra_plugins.tinyexp_optuna.optuna_sweeper import (
-    build_search_space,
-    distribution_from_override,
-)
 
 APP = '''
 import math
@@ -136,38 +130,7 @@ def _states(study: optuna.Study) -> dict[int, str]:
     return {t.number: t.state.name for t in study.get_trials()}
 
 
-# ----------------------------------------------------------------------------- search space
-
-
-def _override(line: str):
-    return OverridesParser.create().parse_overrides([line])[0]
-
-
-@pytest.mark.parametrize(("line", "expected"), [
-    ("a=interval(0.1, 0.9)", FloatDistribution(0.1, 0.9)),
-    ("a=int(interval(2, 8))", IntDistribution(2, 8)),
-    ("a=tag(log, interval(0.0001, 0.1))", FloatDistribution(0.0001, 0.1, log=True)),
-    ("a=range(2, 9)", IntDistribution(2, 8)),  # Hydra's range excludes its stop
-    ("a=range(0, 10, 3)", IntDistribution(0, 9, step=3)),
-    ("a=range(0.0, 1.0, 0.25)", FloatDistribution(0.0, 0.75, step=0.25)),
-    ("a=choice(none, int8, w4a8)", CategoricalDistribution(["none", "int8", "w4a8"])),
-    ("a=1,2,3", CategoricalDistribution([1, 2, 3])),
-])
-def test_hydra_sweep_syntax_becomes_optuna_distributions(line, expected):
-    distribution, _ = distribution_from_override(_override(line))
-    assert distribution == expected
-
-
-def test_list_choices_go_back_to_hydra_as_lists():
-    space = build_search_space({"arch.channels": "choice([32,16],[16,8])", "quant": "int8,fp16"},
-                               ["prune.ratio=0.3", "quant=dynamic", "x=interval(0, 1)"])
-    assert space.distributions["arch.channels"] == CategoricalDistribution(["[32,16]", "[16,8]"])
-    assert "quant" not in space.distributions  # fixed on the command line, which wins
-    assert space.fixed == ["prune.ratio=0.3", "quant=dynamic"]
-    overrides = space.overrides({"arch.channels": "[16,8]", "x": 0.25})
-    assert overrides == ["prune.ratio=0.3", "quant=dynamic", "arch.channels=[16,8]", "x=0.25"]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    assert parsed[2].value() == [16, 8]
+# ----------------------------------------------------------------------------- constraints
 
 
 def test_optuna_samplers_read_constraints_set_on_the_trial():
@@ -273,8 +236,12 @@ def test_a_broken_setup_stops_after_max_failures_in_a_row(app, tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["x=interval(0.0, 2.0)"], "tinyexp: error: ValueError: x: must be <= 1, got 2.0 "
+    (["x=interval(0.0, 2.0)"], "tinyexp: error: x: must be <= 1, got 2.0 "
                                "[in search space point: kind=a x=2.0]"),
+    # a setting taken from another key is reported under the key the user typed
+    (["+trials=abc", "hydra.sweeper.n_trials=${trials}"],
+     "tinyexp: error: trials: must be an int >= 1"),
+    (["hydra.sweeper.storage=sqlite://"], "tinyexp: error: hydra.sweeper.storage: "),
     (["hydra.sweeper.direction=[maximize,minimize]"],
      "tinyexp: error: hydra.sweeper.objectives: one per direction"),
     (["hydra.sweeper.constraints=[{metric:final/flash_bytes}]"],
@@ -349,19 +316,21 @@ def test_memory_budget_search_end_to_end(tmp_path):
 
 def test_a_trial_that_raises_is_failed_in_optuna_and_mlflow(tmp_path):
     # A search space with a point that breaks inside the job (after its MLflow run started):
-    # an optimizer class that does not exist. The search must go on and finish its trials.
+    # a callback whose training raises. The search must go on and finish its trials.
     sweep = tmp_path / "search"
     result = run_cli(["-m", "search=memory_budget", "search.n_trials=2", *TINY,
                       "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=nop",
                       "prune.ratio=0.5", "quant=none", "arch.channels=[32,16]",
-                      "optim._target_=choice(torch.optim.Adam,torch.optim.NoSuchOptimizer)",
-                      f"hydra.sweep.dir={sweep}", "cache_dir=cache"], tmp_path)
+                      "callbacks.early_stopping._target_=choice(pytorch_lightning.callbacks."
+                      "EarlyStopping,failing_callback.FailingEarlyStopping)",
+                      f"hydra.sweep.dir={sweep}", "cache_dir=cache"], tmp_path,
+                     env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=optuna.get_all_study_names(
         f"sqlite:///{sweep / 'optuna.db'}")[0], storage=f"sqlite:///{sweep / 'optuna.db'}")
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
-    assert failed and all("NoSuchOptimizer" in t.user_attrs["error"] for t in failed)
+    assert failed and all("FailingEarlyStopping" in t.user_attrs["error"] for t in failed)
 
     from mlflow.tracking import MlflowClient
 
@@ -371,7 +340,7 @@ def test_a_trial_that_raises_is_failed_in_optuna_and_mlflow(tmp_path):
                 for r in runs if "tinyexp.trial" in r.data.tags}
     for trial in failed:
         assert by_trial[trial.number].info.status == "FAILED"
-        assert "NoSuchOptimizer" in by_trial[trial.number].data.tags["tinyexp.error"]
+        assert "FailingEarlyStopping" in by_trial[trial.number].data.tags["tinyexp.error"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
