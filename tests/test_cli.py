@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
-from support import TINY, run_cli
+from support import ROOT, TINY, run_cli
 
 
 def _runs(cwd):
@@ -39,7 +40,7 @@ def test_bad_input_fails_fast_with_one_line_and_records_nothing(tmp_path, args, 
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(f"tinyexp: error: {key}:"), result.stderr
-    assert not (tmp_path / "cache").exists(), "nothing may be trained"
+    assert not list((tmp_path / "cache").rglob("weights.pt")), "nothing may be trained"
     assert _runs(tmp_path)[1] == []
 
 
@@ -119,12 +120,15 @@ def test_sweep_groups_runs_and_trains_one_baseline(tmp_path):
 
 
 def test_exception_inside_a_job_marks_its_run_failed(tmp_path):
-    # Not a key tinyexp checks: pytorch_lightning.Trainer itself rejects it inside the job.
-    result = run_cli([*TINY, "+trainer.no_such_flag=1", "cache_dir=cache"], tmp_path)
-    assert result.returncode != 0
+    # A failure while running, not bad input: the training's callback raises on purpose.
+    result = run_cli([*TINY, "callbacks.early_stopping._target_=failing_callback."
+                      "FailingEarlyStopping", "cache_dir=cache"], tmp_path,
+                     env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("tinyexp: job failed: RuntimeError")
     _, runs = _runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert "no_such_flag" in runs[0].data.tags["tinyexp.error"]
+    assert "FailingEarlyStopping" in runs[0].data.tags["tinyexp.error"]
 
 
 @pytest.mark.parametrize("args", [

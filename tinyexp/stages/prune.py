@@ -202,6 +202,10 @@ class StructuredPrune(Stage):
         )
         from tinyexp.compress.tp_patches import L1Importance
 
+        if isinstance(self.layer_ratios, str):  # read when pruning starts: check it exists now
+            _require(Path(self.layer_ratios).is_file(), "prune.layer_ratios",
+                     f"no such file {self.layer_ratios!r} (expected the layer_sensitivity.csv "
+                     f"of an analysis=layers run)")
         given = {str(k): float(v) for k, v in (self._given_ratios() or {}).items()}
         if self.ratio == 0 and not any(given.values()):
             return  # nothing asked
