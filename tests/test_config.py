@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from image_files import data_dir_overrides
 from support import CONF, ROOT, SKAB_DIR
 
 from tinyexp.config import DB_DRIVERS, ConfigError, check_tracking_uri, validate
 
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
 
 
@@ -24,8 +26,8 @@ def _overrides_for(path) -> list[str]:
     extra = []
     if group == "arch" and option == "custom_cnn":
         extra = ["dataset=digits"]
-    if group == "dataset" and option == "digits":
-        extra = ["arch=custom_cnn"]
+    if group == "dataset" and option in IMAGE_DATASETS:  # fabricated files for the file sets
+        extra = ["arch=custom_cnn", *data_dir_overrides(option)]
     if group == "dataset" and option == "skab":
         if not SKAB_DIR.exists():
             pytest.skip("no SKAB data here")

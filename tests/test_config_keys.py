@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from image_files import data_dir_overrides, write_cifar10, write_cifar100, write_mnist
 from key_observers import OBSERVERS
 from omegaconf import DictConfig, OmegaConf
 from support import CONF, SKAB_DIR, TINY, compose
@@ -38,10 +39,14 @@ DESCRIPTIVE = {
                         "measured on the host, not scaled to the MCU)",
     "quant=int16x8:quant.format": "16-bit activations exist only as QDQ in ONNX Runtime: the "
                                   "key states it, config.validate rejects anything else",
+    **{f"dataset={name}:dataset.download": "acts only where the files are missing (offline "
+       "here): tests/data/test_images.py serves them over HTTP"
+       for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")},
 }
 # Groups that hold presets of other groups' keys, not keys of their own.
 PRESET_GROUPS = {"experiment": "presets of other groups' keys (tested in test_config)",
-                 "hydra": "Hydra's own help text"}
+                 "hydra": "Hydra's own help text",
+                 "schedule": "per-dataset presets of trainer.max_epochs and finetune.max_epochs"}
 
 # The value a key is changed to where ``_changed`` cannot guess one.
 CHANGES = {
@@ -51,12 +56,19 @@ CHANGES = {
     "finetune.lr": 0.01,
     "finetune.scheduler": "onecycle",
     "finetune.dropout": 0.5,
+    "finetune.max_epochs": 1,              # the probe fine-tunes 2 epochs
     "deploy.mode": "dynamic",
     "deploy.calibration_samples": 8,
     "deploy.arena_margin": 0.5,
     "deploy.int8_quantizer": "aeq",
     "dataset.window": 64,                  # still a multiple of the CNN's 4
-    "dataset.data_dir": "<skab original>",
+    "dataset.data_dir": "<other data>",
+    "dataset.train_samples": 40,           # of the fabricated sets' 100 training images
+    "dataset.test_samples": 10,            # of their 20-30 test images
+    "dataset=cifar100:dataset.train_samples": 200,  # two per class at least
+    "dataset=cifar100:dataset.test_samples": 40,    # two per superclass (label=coarse below)
+    "dataset=cifar100:dataset.val_fraction": 0.5,   # 4 images a class: 0.3 still holds out 1
+    "dataset=cifar100:dataset.label": "fine",
     "dataset.folders": ["valve1"],
     "dataset.threshold_quantile": 0.9,
     "dataset.val_fraction": 0.3,
@@ -97,6 +109,11 @@ CHANGES = {
 # Settings a key is compared under, where the default makes the check slow or moot.
 CONTEXT = {
     "dataset=digits": ["arch=custom_cnn"],
+    **{f"dataset={name}": ["arch=custom_cnn", f"dataset.data_dir=<images {name}>",
+                           "dataset.batch_size=32"]  # several batches of the 100 images
+       for name in ("mnist", "fashion_mnist", "cifar10")},
+    "dataset=cifar100": ["arch=custom_cnn", "dataset.data_dir=<images cifar100>",
+                         "dataset.batch_size=32", "dataset.label=coarse"],
     "dataset=skab": ["dataset.data_dir=<skab copy>", "dataset.train_rows=100"],
     "arch=custom_cnn": ["dataset=digits"],
     "arch=lstm": ["arch.num_layers=2"],            # dropout acts between stacked layers
@@ -112,7 +129,7 @@ CONTEXT = {
         "prune.global_ranking=true",
         "prune.layer_ratios=" + str(CONF.parent / "tests/compress/fixtures/"
                                     "layer_sensitivity_cnn_decoder.csv"),
-    ] for f in sorted((CONF / "prune").glob("*.yaml")) if f.stem != "none"},
+    ] for f in sorted((CONF / "prune").glob("*.yaml")) if f.stem not in ("none", "depth")},
 }
 # The small job every comparison starts from.
 BASE = TINY
@@ -171,16 +188,27 @@ def _context(selection: str) -> list[str]:
 def _descriptive(selection: str, key: str) -> str | None:
     if f"{selection}:{key}" in DESCRIPTIVE:
         return DESCRIPTIVE[f"{selection}:{key}"]
-    if key in CHANGES:
+    if key in CHANGES or f"{selection}:{key}" in CHANGES:
         return None
     return DESCRIPTIVE.get(key) or DESCRIPTIVE.get(key.rsplit(".", 1)[-1])
 
 
-def _changed(key: str, value, workdir: Path):
-    if key in CHANGES:
-        new = CHANGES[key]
-        if new == "<skab original>":
-            return str(SKAB_DIR)
+def _other_data(selection: str, workdir: Path) -> Path:
+    """Another folder of the same data set's files: the real SKAB, other fabricated images."""
+    name = selection.removeprefix("dataset=")
+    if name == "skab":
+        return SKAB_DIR
+    writers = {"mnist": write_mnist, "fashion_mnist": write_mnist, "cifar10": write_cifar10,
+               "cifar100": write_cifar100}
+    writers[name](workdir / "other-images", seed=7)
+    return workdir / "other-images"
+
+
+def _changed(selection: str, key: str, value, workdir: Path):
+    new = CHANGES.get(f"{selection}:{key}", CHANGES.get(key))
+    if new is not None:
+        if new == "<other data>":
+            return str(_other_data(selection, workdir))
         if new == "<other store>":
             return f"sqlite:///{workdir / 'other.db'}"
         if new == "<other cache>":
@@ -232,6 +260,8 @@ def test_changing_a_key_changes_what_the_run_builds(case, tmp_path, monkeypatch)
     extra = [selection, *_context(selection)] if selection else []
     extra = [o.replace("<skab copy>", str(_skab_copy(tmp_path))) if "<skab copy>" in o else o
              for o in extra]
+    extra = [data_dir_overrides(o.split("<images ")[1][:-1])[0] if "<images " in o else o
+             for o in extra]
     other_data = any(o.startswith("dataset=") and o != "dataset=sensors" for o in extra)
     context = [*(o for o in BASE if not (other_data and o.startswith("dataset."))),
                f"cache_dir={tmp_path / 'cache'}", *extra]
@@ -241,7 +271,7 @@ def test_changing_a_key_changes_what_the_run_builds(case, tmp_path, monkeypatch)
         overrides = context
         if changed:
             value = OmegaConf.select(_compose(context), key)
-            new = _changed(key, value, tmp_path)
+            new = _changed(selection, key, value, tmp_path)
             overrides = [*context, f"{key}={json.dumps(new) if new is not None else 'null'}"]
         cfg = _compose(overrides)
         if group != "search":  # as a job gets it: Hydra's node is the sweeper's business

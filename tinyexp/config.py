@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyexp.schemas import (
-    DIGITS_SIDE,
     SCHEMAS,
     SHARED_SCHEMAS,
     ConfigError,
@@ -267,10 +266,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         _require(data.window % factor == 0, "dataset.window",
                  f"must be a multiple of {factor} for arch=cnn with {len(arch.channels)} "
                  f"stride-2 layers, got {data.window}")
-    if arch.name == "custom_cnn" and data.name == "digits":
-        _require(2 ** len(arch.channels) <= DIGITS_SIDE, "arch.channels",
-                 f"has {len(arch.channels)} layers, each halving the side of dataset=digits's "
-                 f"{DIGITS_SIDE}x{DIGITS_SIDE} images: at most {DIGITS_SIDE.bit_length() - 1}")
+    if hasattr(data, "image_shape") and hasattr(arch, "check_input"):
+        arch.check_input(data.image_shape())  # the input is large enough for its downsampling
     # Last: the checks that touch the file system.
     if isinstance(specs["logger"], MLflowLogger):
         check_tracking_uri("logger.tracking_uri", specs["logger"].tracking_uri)

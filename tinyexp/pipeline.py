@@ -77,6 +77,8 @@ def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: 
     def fit(net: nn.Module, stage: str, max_epochs: int, searched: bool = True,
             lr: float | None = None) -> dict:
         lr = lr or finetune.get("lr")
+        cap = finetune.get("max_epochs")  # a large dataset's schedule (conf/schedule) caps it
+        max_epochs = min(max_epochs, cap) if cap else max_epochs
         kd = ctx.distill
         with dropout_rate(net, finetune.get("dropout")):
             return train(net, datamodule, cfg, max_epochs=max_epochs,

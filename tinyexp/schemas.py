@@ -12,40 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from tinyexp.redact import redact
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range.
-
-    The message is redacted (:func:`tinyexp.redact.redact`): a storage URL it echoes shows no
-    password, wherever the error is printed or logged.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(redact(f"{key}: {message}"))
-        self.key = key
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
-
-
-def _positive(key: str, value: int | float) -> None:
-    _require(value > 0, key, f"must be > 0, got {value}")
-
-
-def _widths(key: str, values: list[int]) -> None:
-    _require(len(values) >= 1 and all(v > 0 for v in values), key,
-             f"must be a non-empty list of positive ints, got {list(values)}")
-
-
-def _fraction(key: str, value: float, *, closed_low: bool = True) -> None:
-    low_ok = value >= 0 if closed_low else value > 0
-    interval = "[0, 1)" if closed_low else "(0, 1)"
-    _require(low_ok and value < 1, key, f"must be in {interval}, got {value}")
-
+from tinyexp.checks import ConfigError, _fraction, _positive, _require, _widths
+from tinyexp.data.schemas import IMAGE_DATA_SCHEMAS
+from tinyexp.models.schemas import IMAGE_ARCH_SCHEMAS
 
 # ----------------------------------------------------------------------------- datasets
 
@@ -159,6 +128,10 @@ class DigitsData:
                      f"least one per class ({DIGITS_CLASSES}), got {getattr(self, key)}")
         _positive("dataset.batch_size", self.batch_size)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images."""
+        return 1, DIGITS_SIDE, DIGITS_SIDE
+
 
 # ----------------------------------------------------------------------------- architectures
 
@@ -233,6 +206,13 @@ class CustomCNNArch:
         _positive("arch.hidden", self.hidden)
         _fraction("arch.dropout", self.dropout)
 
+    def check_input(self, shape: tuple[int, int, int]) -> None:
+        """Each block halves the side: the images must keep at least 1 pixel."""
+        side = min(shape[1:])
+        _require(2 ** len(self.channels) <= side, "arch.channels",
+                 f"has {len(self.channels)} layers, each halving the side of the dataset's "
+                 f"{shape[1]}x{shape[2]} images: at most {side.bit_length() - 1}")
+
 
 # ----------------------------------------------------------------------------- the rest
 
@@ -288,8 +268,11 @@ class Finetune:
     lr: float | None = None       # null: optim.lr; QAT has its own quant.lr
     scheduler: str = "cosine"     # none | cosine | onecycle
     dropout: float | None = 0.0   # null: the network's own dropout rates
+    max_epochs: int | None = None  # caps every fine-tune's epochs (null: each stage's own)
 
     def __post_init__(self) -> None:
+        _require(self.max_epochs is None or self.max_epochs >= 1, "finetune.max_epochs",
+                 f"must be null or an int >= 1, got {self.max_epochs}")
         _require(self.lr is None or self.lr > 0, "finetune.lr",
                  f"must be null or a number > 0, got {self.lr}")
         _require(self.dropout is None or 0 <= self.dropout < 1, "finetune.dropout",
@@ -300,9 +283,10 @@ class Finetune:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData},
+    "dataset": {"sensors": SensorsData, "skab": SkabData, "digits": DigitsData,
+                **IMAGE_DATA_SCHEMAS},
     "arch": {"cnn": CNNArch, "lstm": LSTMArch, "transformer": TransformerArch,
-             "custom_cnn": CustomCNNArch},
+             "custom_cnn": CustomCNNArch, **IMAGE_ARCH_SCHEMAS},
     "logger": {"mlflow": MLflowLogger, "none": NoLogger},
 }
 # Groups whose options all share one schema (users add their own options as YAML files).

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from image_files import data_dir_overrides
 from support import CONF, SKAB_DIR, compose
 
 from tinyexp.config import constructor_kwargs
@@ -26,6 +27,15 @@ DATASETS = sorted(path.stem for path in (CONF / "dataset").glob("*.yaml"))
 SHRINK = {
     "sensors": ["dataset.train_steps=640", "dataset.test_steps=640"],
     "skab": ["dataset.train_rows=100", "dataset.window=20"],
+    # The image sets read tiny fabricated files in their real formats (tests/image_files.py);
+    # CIFAR's augmentation is off here, as augmented batches are no longer the stored images
+    # (it is tested in tests/data/test_images.py).
+    "mnist": data_dir_overrides("mnist"),
+    "fashion_mnist": data_dir_overrides("fashion_mnist"),
+    "cifar10": [*data_dir_overrides("cifar10"), "dataset.augment.crop_padding=0",
+                "dataset.augment.hflip=false"],
+    "cifar100": [*data_dir_overrides("cifar100"), "dataset.augment.crop_padding=0",
+                 "dataset.augment.hflip=false"],
 }
 # SKAB's protocol scores each whole file, the anomaly-free head it trains on included; the
 # other datasets hold their test data out entirely.
