@@ -82,14 +82,17 @@ def observe_arch(cfg, workdir):
     net.train()  # dropout acts
     torch.manual_seed(0)
     out = net(_data(cfg).example_input().repeat(4, *[1] * (_data(cfg).example_input().dim() - 1)))
-    return {"class": type(net).__name__, "shapes": shapes, "out": _digest(out.detach())}
+    layers = sorted({type(m).__name__ for m in net.modules()})  # e.g. ReLU or ReLU6
+    return {"class": type(net).__name__, "shapes": shapes, "layers": layers,
+            "out": _digest(out.detach())}
 
 
 def observe_prune(cfg, workdir):
     pruned, report = _apply("prune", cfg, workdir)
     from tinyexp.compress.prune import layer_widths
 
-    report = {k: report[k] for k in ("ratio_asked", "steps", "groups_pruned", "finetune_epochs")}
+    report = {k: report[k] for k in ("ratio_asked", "steps", "groups_pruned", "finetune_epochs",
+                                     "cut", "head_epochs") if k in report}
     return {"widths": layer_widths(pruned), "report": report,
             "weights": _digest(*[p.detach() for p in pruned.parameters()])}
 

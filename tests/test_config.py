@@ -11,6 +11,7 @@ from support import CONF, ROOT, SKAB_DIR
 
 from tinyexp.config import DB_DRIVERS, ConfigError, check_tracking_uri, validate
 
+IMAGE_ARCHS = ("custom_cnn", "resnet", "mobilenet_v1", "mobilenet_v2", "vgg", "ds_cnn")
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
 
@@ -24,7 +25,7 @@ def _in_tmp(tmp_path, monkeypatch):
 def _overrides_for(path) -> list[str]:
     group, option = path.parent.name, path.stem
     extra = []
-    if group == "arch" and option == "custom_cnn":
+    if group == "arch" and option in IMAGE_ARCHS:
         extra = ["dataset=digits"]
     if group == "dataset" and option in IMAGE_DATASETS:  # fabricated files for the file sets
         extra = ["arch=custom_cnn", *data_dir_overrides(option)]

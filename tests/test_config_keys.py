@@ -39,6 +39,12 @@ DESCRIPTIVE = {
                         "measured on the host, not scaled to the MCU)",
     "quant=int16x8:quant.format": "16-bit activations exist only as QDQ in ONNX Runtime: the "
                                   "key states it, config.validate rejects anything else",
+    "analysis=depth:analysis.tolerance": "picks best_cut among the cuts within it of the uncut "
+        "network: here an untrained network, which every trained head beats, so the best cut "
+        "is the smallest at any tolerance; the rule: tests/stages/test_depth.py",
+    "analysis=depth:analysis.freeze": "what training a head changes: the kept blocks' weights "
+        "(tests/compress/test_depth.py); the accuracy of a one-epoch head on an untrained "
+        "network is chance either way",
     **{f"dataset={name}:dataset.download": "acts only where the files are missing (offline "
        "here): tests/data/test_images.py serves them over HTTP"
        for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")},
@@ -103,6 +109,20 @@ CHANGES = {
     "target.ram_bytes": 16384,
     "measure.opset": 18,
     "analysis.ratios": [0.25],
+    "arch.block": "bottleneck",
+    "arch.activation": "relu6",
+    "arch=vgg:arch.hidden": [64],
+    "arch=resnet:arch.depths": [2, 1, 1],
+    "arch=resnet:arch.widths": [8, 16, 32],
+    "arch=vgg:arch.depths": [1, 1, 2, 2, 2],
+    "arch=mobilenet_v1:arch.strides": [1, 1, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1],
+    "arch=mobilenet_v2:arch.strides": [1] * 9 + [2] + [1] * 8,
+    "prune.cut": 2,
+    "prune.head_width": 4,
+    "prune.lr": 0.01,
+    "analysis.cuts": [2],
+    "analysis.head_width": 4,
+    "analysis.tolerance": 1.0,             # every cut qualifies: the smallest is the best
     "analysis.metric": "f1",
     "cache_dir": "<other cache>",
 }
@@ -115,11 +135,17 @@ CONTEXT = {
     "dataset=cifar100": ["arch=custom_cnn", "dataset.data_dir=<images cifar100>",
                          "dataset.batch_size=32", "dataset.label=coarse"],
     "dataset=skab": ["dataset.data_dir=<skab copy>", "dataset.train_rows=100"],
-    "arch=custom_cnn": ["dataset=digits"],
+    **{f"arch={name}": ["dataset=digits"]
+       for name in ("custom_cnn", "resnet", "mobilenet_v1", "mobilenet_v2", "vgg", "ds_cnn")},
     "arch=lstm": ["arch.num_layers=2"],            # dropout acts between stacked layers
     "quant=dynamic": ["arch=custom_cnn", "dataset=digits"],  # per-channel: Linear weights
     "quant=qat": ["quant.epochs=1", "arch=custom_cnn", "dataset=digits"],  # fold_bn: BatchNorm
     "analysis=layers": ["analysis.ratios=[0.5]"],
+    # depth pruning cuts a network made of blocks: a small ResNet on the digits
+    "prune=depth": ["dataset=digits", "arch=resnet", "prune.cut=1", "prune.head_epochs=1",
+                    "prune.finetune_epochs=1"],
+    "analysis=depth": ["dataset=digits", "arch=resnet", "analysis.cuts=[1,2]",
+                       "analysis.head_epochs=1", "analysis.tolerance=0"],
     "distill=kd": ["dataset=digits", "arch=custom_cnn"],  # the temperature softens logits
     # Every pruning criterion under global ranking, with decoder.1.0's share read from a
     # layer_sensitivity.csv (it tolerates 0.25 within 2 %, not within 1 %), so that

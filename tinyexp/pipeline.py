@@ -156,9 +156,13 @@ def check_before_run(cfg: DictConfig, specs: dict[str, Any]) -> None:
     from tinyexp.preflight import preflight
 
     preflight(cfg)
-    if specs["prune"] is not None:
+    checks = [spec.check_prunes for group in ("analysis", "prune")
+              if (spec := specs[group]) is not None and hasattr(spec, "check_prunes")]
+    if checks:
         datamodule = build_datamodule(cfg)
-        specs["prune"].check_prunes(build_net(cfg, datamodule), datamodule.example_input())
+        net = build_net(cfg, datamodule)
+        for check in checks:
+            check(net, datamodule.example_input())
 
 
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:

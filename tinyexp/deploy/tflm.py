@@ -77,11 +77,16 @@ try:
         out[key] = int(m.group(1)) if m else None
     if out["total"]:
         def works(size):
-            try:
-                run(size)
-                return True
-            except Exception:
-                return False
+            # in a forked child: below the arena it needs, TFLM may crash (it dereferences a
+            # failed temp allocation) instead of raising, which would take the probe down
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    run(size)
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            return os.waitpid(pid, 0)[1] == 0
         # TFLM's total is not always enough (scratch buffers during Prepare, arena alignment):
         # grow the slack until it works, then bisect in 16-byte steps.
         lo, slack = -(-out["total"] // 16) * 16 - 16, 16

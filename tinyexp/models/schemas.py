@@ -87,7 +87,7 @@ class MobileNetV1Arch:
         _fraction("arch.dropout", self.dropout)
 
     def check_input(self, shape: tuple[int, int, int]) -> None:
-        """Explicit strides must fit the images; null strides fit themselves."""
+        """Explicit strides must fit the images; null strides fit themselves (maps >= 2x2)."""
         if self.strides is not None:
             n = self.strides.count(2)
             _check_halvings("arch.strides", n, shape, f"has {n} stride-2 layers")
@@ -112,7 +112,7 @@ class MobileNetV2Arch:
         _fraction("arch.dropout", self.dropout)
 
     def check_input(self, shape: tuple[int, int, int]) -> None:
-        """Explicit strides must fit the images; null strides fit themselves."""
+        """Explicit strides must fit the images; null strides fit themselves (maps >= 2x2)."""
         if self.strides is not None:
             n = self.strides.count(2)
             _check_halvings("arch.strides", n, shape, f"has {n} stride-2 layers")
