@@ -108,6 +108,17 @@ trainer.limit_val_batches | trainer=smoke trainer.limit_val_batches=-1
 trainer.accelerator | trainer.accelerator=gpu
 trainer.accelerator | trainer.accelerator=nope
 trainer.foo | +trainer.foo=1
+# image data and the model zoo
+dataset.data_dir | dataset=mnist arch=custom_cnn dataset.data_dir={cwd}/nowhere
+dataset.data_dir | dataset=cifar10 arch=resnet dataset.data_dir={cwd}/nowhere
+dataset.val_fraction | dataset=digits arch=resnet dataset.val_fraction=1.5
+arch.depths | dataset=digits arch=resnet arch.depths=[1,1,1,1,1] arch.widths=[4,4,4,4,4]
+arch.alpha | dataset=digits arch=mobilenet_v1 arch.alpha=0
+arch | dataset=sensors arch=vgg
+prune.cut | dataset=digits arch=resnet prune=depth
+prune.cut | dataset=digits arch=resnet prune=depth prune.cut=3
+prune.cut | dataset=digits arch=custom_cnn prune=depth prune.cut=1
+analysis.cuts | dataset=digits arch=resnet analysis=depth analysis.cuts=[5]
 trainer.max_epochs | trainer.max_epochs=0
 trainer.max_epochs | trainer.max_epochs=abc
 trainer.devices | trainer.devices=0
@@ -337,7 +348,12 @@ def test_the_table_covers_enough_cases():
     assert len(CASES) >= 110 and len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+# The fast tier runs every third case (a spread over the table); the slow tier runs them all.
+PARAMS = [pytest.param(c, id=c.id, marks=() if i % 3 == 0 else pytest.mark.slow)
+          for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("case", PARAMS)
 def test_bad_input_is_one_line_and_runs_nothing(outcomes, case):
     if case.skip:
         pytest.skip(case.skip)

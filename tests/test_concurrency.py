@@ -9,12 +9,14 @@ import re
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 from support import ROOT, TINY, compose
 
 from tinyexp import tracking
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier
 def test_three_jobs_started_at_once_on_a_new_store_each_finish_in_their_own_folder(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PYTHONPATH": str(ROOT), "CI": "1"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from support import run_cli
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier
 def test_a_real_search_prunes_a_hopeless_trial_during_fine_tuning(tmp_path):
     # Trial 0 trains normally. Trial 1 resumes the same study with a learning rate that cannot
     # train anything: after its first fine-tuning epoch its validation loss is far worse than

@@ -276,6 +276,7 @@ def test_two_objectives_give_the_feasible_pareto_front(app, tmp_path):
 # ----------------------------------------------------------------------------- the real thing
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier
 def test_memory_budget_search_end_to_end(tmp_path):
     sweep = tmp_path / "search"
     result = run_cli(["-m", "search=memory_budget", "target=tiny", "hydra.sweeper.n_trials=3",
