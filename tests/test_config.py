@@ -12,6 +12,8 @@ from support import CONF, ROOT, SKAB_DIR
 from tinyexp.config import DB_DRIVERS, ConfigError, check_tracking_uri, validate
 
 IMAGE_ARCHS = ("custom_cnn", "resnet", "mobilenet_v1", "mobilenet_v2", "vgg", "ds_cnn")
+PRESET_DATA = {"quant_modes_mnist": "mnist", "prune_int8_fashion": "fashion_mnist",
+               "depth_prune": "fashion_mnist"}
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
 
@@ -29,6 +31,8 @@ def _overrides_for(path) -> list[str]:
         extra = ["dataset=digits"]
     if group == "dataset" and option in IMAGE_DATASETS:  # fabricated files for the file sets
         extra = ["arch=custom_cnn", *data_dir_overrides(option)]
+    if group == "experiment" and option in PRESET_DATA:  # the image presets' files
+        extra = data_dir_overrides(PRESET_DATA[option])
     if group == "dataset" and option == "skab":
         if not SKAB_DIR.exists():
             pytest.skip("no SKAB data here")

@@ -1,1 +1,2 @@
-"""Datasets: multivariate sensor windows for anomaly detection and 8x8 digits for classification."""
+"""Datasets: multivariate sensor windows (sensors, SKAB) for anomaly detection; 8x8 digits and the
+image sets (MNIST, Fashion-MNIST, CIFAR-10/100, in their distribution formats) for classification."""
