@@ -120,6 +120,11 @@ def fabricated_dirs() -> dict[str, Path]:
     return {name: root / name for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")}
 
 
+# The image set each experiment preset reads (tests point them at fabricated files).
+PRESET_DATA = {"quant_modes_mnist": "mnist", "prune_int8_fashion": "fashion_mnist",
+               "depth_prune": "fashion_mnist"}
+
+
 def data_dir_overrides(name: str) -> list[str]:
     """The overrides that point dataset ``name`` at its fabricated folder; [] for the others."""
     dirs = fabricated_dirs() if name in ("mnist", "fashion_mnist", "cifar10", "cifar100") else {}

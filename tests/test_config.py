@@ -6,14 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from image_files import data_dir_overrides
+from image_files import PRESET_DATA, data_dir_overrides
 from support import CONF, ROOT, SKAB_DIR
 
 from tinyexp.config import DB_DRIVERS, ConfigError, check_tracking_uri, validate
 
 IMAGE_ARCHS = ("custom_cnn", "resnet", "mobilenet_v1", "mobilenet_v2", "vgg", "ds_cnn")
-PRESET_DATA = {"quant_modes_mnist": "mnist", "prune_int8_fashion": "fashion_mnist",
-               "depth_prune": "fashion_mnist"}
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "hydra")
 

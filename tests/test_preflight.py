@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from image_files import PRESET_DATA, data_dir_overrides
 from support import CONF, TINY, compose
 
 from tinyexp.config import validate
@@ -151,7 +152,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(overrides, key, hint):
 @pytest.mark.parametrize("path", sorted((CONF / "trainer").glob("*.yaml")) + sorted(
     (CONF / "experiment").glob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_trainer_and_experiment_file_passes(path):
-    _check([f"{path.parent.name}={path.stem}"])
+    _check([f"{path.parent.name}={path.stem}",
+            *data_dir_overrides(PRESET_DATA.get(path.stem, ""))])  # image presets: their files
 
 
 def test_torch_flags_are_left_as_found():
