@@ -103,6 +103,7 @@ def test_same_seed_gives_same_metrics(one_job, tmp_path):
             assert second[key] == pytest.approx(first[key], rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.slow  # end to end, ~10 s: the slow tier
 def test_sweep_groups_runs_and_trains_one_baseline(tmp_path):
     result = run_cli(["-m", *TINY, "prune.ratio=0.25,0.75", "cache_dir=cache",
                       "hydra.sweep.dir=sweep"], tmp_path)

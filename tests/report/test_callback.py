@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hydra.utils import get_class
 from support import ROOT, TINY, compose, run_cli
 
@@ -25,6 +26,7 @@ def test_multirun_ends_with_the_compact_table(sweep):
     assert "full report: tinyexp-report --sweep" in summary
 
 
+@pytest.mark.slow  # end to end, ~10 s: the slow tier
 def test_failed_job_still_gets_the_summary_of_the_others(tmp_path):
     # The second job's training raises (its callback breaks on purpose): a failure while
     # running, not bad input (which would stop the sweep before any job).

@@ -200,6 +200,7 @@ def test_failures_are_recorded_and_the_search_completes(app, tmp_path):
     assert not list((tmp_path / "sweep").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # end to end, ~10 s: the slow tier
 def test_killed_search_resumes_without_redoing_finished_trials(app, tmp_path):
     killed = app("kill_on=[2]", "hydra.sweeper.n_trials=4")
     assert killed.returncode == -9
@@ -315,6 +316,7 @@ def test_memory_budget_search_end_to_end(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+@pytest.mark.slow  # end to end, ~10 s: the slow tier
 def test_a_trial_that_raises_is_failed_in_optuna_and_mlflow(tmp_path):
     # A search space with a point that breaks inside the job (after its MLflow run started):
     # a callback whose training raises. The search must go on and finish its trials.
