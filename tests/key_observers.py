@@ -186,11 +186,11 @@ def observe_measure(cfg, workdir, monkeypatch):
 
     monkeypatch.setattr(cost, "ort_session", counting)
     artifact = workdir / "m.onnx"
-    _measurer(cfg).float_network(_net(cfg), artifact)
+    metrics = _measurer(cfg).float_network(_net(cfg), artifact)
     import onnx
 
     return {"opset": [o.version for o in onnx.load(str(artifact)).opset_import],
-            "session_runs": len(calls)}
+            "session_runs": len(calls), "exclusive": metrics["latency_exclusive"]}
 
 
 def observe_search(cfg, workdir):

@@ -107,6 +107,7 @@ trainer.limit_train_batches | trainer=smoke trainer.limit_train_batches=1.5
 trainer.limit_val_batches | trainer=smoke trainer.limit_val_batches=-1
 trainer.accelerator | trainer.accelerator=gpu
 trainer.accelerator | trainer.accelerator=nope
+trainer.resume | trainer.resume=sometimes
 trainer.foo | +trainer.foo=1
 # image data and the model zoo
 dataset.data_dir | dataset=mnist arch=custom_cnn dataset.data_dir={cwd}/nowhere
@@ -143,6 +144,8 @@ measure.opset | measure.opset=5
 measure.latency_runs | measure.latency_runs=0
 measure.latency_warmup | measure.latency_warmup=-1
 measure.foo | +measure.foo=1
+measure.latency_lock | measure.latency_lock=relative.lock
+measure.latency_lock | measure.latency_lock={cwd}
 # dataset: sensors (the default), digits, SKAB's folder
 dataset.threshold_scale | dataset.threshold_scale=inf
 dataset.threshold_scale | dataset.threshold_scale=0

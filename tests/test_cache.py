@@ -78,6 +78,7 @@ def test_each_seed_trains_its_own_baseline_and_the_same_seed_hits(compose_cfg, t
     ("quant=int8", True),
     ("target=tiny", True),
     ("measure.latency_runs=50", True),
+    ("trainer.resume=never", True),  # resuming changes no weight (tests/test_resume.py)
 ])
 def test_key_changes_with_what_decides_the_weights_only(compose_cfg, override, same):
     base = cache.baseline_key(compose_cfg(SMALL))

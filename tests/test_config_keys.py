@@ -27,6 +27,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Keys that describe an option rather than configure it, and why each is there.
 DESCRIPTIVE = {
+    "trainer.resume": "whether a killed baseline training's rerun resumes from its end-of-epoch "
+                      "checkpoints; by design it changes no weight or metric (tests/test_resume.py "
+                      "checks the resumed run equals an uninterrupted one) and no cache key",
     "name": "the option's name: selects its schema and stage, labels the run (run name, "
             "tinyexp.<group> tag); changing it alone names another option",
     "_target_": "Hydra's instantiation key: the class built; each class has its own tests",
@@ -108,6 +111,7 @@ CHANGES = {
     "target.flash_bytes": 65536,
     "target.ram_bytes": 16384,
     "measure.opset": 18,
+    "measure.latency_lock": "<no lock>",   # null: jobs time side by side, latency_exclusive=0
     "analysis.ratios": [0.25],
     "arch.block": "bottleneck",
     "arch.activation": "relu6",
@@ -239,6 +243,8 @@ def _changed(selection: str, key: str, value, workdir: Path):
             return f"sqlite:///{workdir / 'other.db'}"
         if new == "<other cache>":
             return str(workdir / "other-cache")
+        if new == "<no lock>":
+            return None
         return new
     if isinstance(value, bool):
         return not value

@@ -56,6 +56,11 @@ _TRAINER_INTS = {"max_epochs": 1, "log_every_n_steps": 1, "accumulate_grad_batch
 # A count of batches (int >= 1) or a share of them (float in (0, 1]).
 _TRAINER_SHARES = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
                    "limit_predict_batches", "val_check_interval")
+# Keys of the trainer node that are tinyexp's, not the Trainer's (taken out before building it).
+TINYEXP_TRAINER_KEYS = ("resume",)
+# trainer.resume: auto: the baseline's training checkpoints every epoch (under cache_dir) and a
+# rerun of the same config resumes from the last one; never: no checkpoints, always from scratch.
+RESUME_MODES = ("auto", "never")
 # Callbacks that watch a logged metric; tinyexp.preflight checks their monitor (and subclasses).
 METRIC_CALLBACKS = ("EarlyStopping", "ModelCheckpoint")
 
@@ -160,6 +165,9 @@ def _check_trainer(node: Any) -> None:
     bar = values.get("enable_progress_bar")
     _require(bar is None or isinstance(bar, bool), "trainer.enable_progress_bar",
              f"must be true, false or null, got {bar!r}")
+    resume = values.get("resume", "auto")
+    _require(isinstance(resume, str) and resume in RESUME_MODES, "trainer.resume",
+             f"must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
 
 
 def _check_optim(node: Any) -> None:

@@ -7,25 +7,34 @@ optimizer state.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
-import random
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
+
+from tinyexp.config import TINYEXP_TRAINER_KEYS
+from tinyexp.epochs import (
+    TRAIN_LOSS_EPOCH,
+    VAL_LOSS,
+    EpochCheckpoint,
+    EpochHook,
+    LossCurve,
+    RestoreBest,
+    last_checkpoint,
+)
 
 # Lightning's banner lines ("GPU available: False ...") and its advice about dataloader workers
 # say nothing useful for small CPU runs whose data already sits in memory.
@@ -35,13 +44,12 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*The number of training batches.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
 
+log = logging.getLogger(__name__)
 
-# The epoch mean of the training loss, for the loss curves. ``train/loss`` itself stays the
-# last step's value (logging it on_epoch would turn it into the mean at epoch end, and change
-# what EarlyStopping(monitor=train/loss) compares).
-TRAIN_LOSS_EPOCH = "train/loss_epoch"
+
+# TRAIN_LOSS_EPOCH, the epoch mean of the training loss for the curves, and VAL_LOSS, the
+# validation loss, are tinyexp.epochs' (its callbacks read them).
 TRAIN_LOSS = "train/loss"  # the last step's loss (what is minimised: with distillation, the mix)
-VAL_LOSS = "val/loss"  # logged per batch, reduced by Lightning to the epoch mean
 VAL_ACC = "val/acc"  # classification only
 KD_LOSS = "train/kd_loss"  # epoch mean of the distillation term (only when distilling)
 # What a configured callback (EarlyStopping, ModelCheckpoint) can monitor: the metrics every
@@ -198,30 +206,6 @@ TASKS: dict[str, type[_Task]] = {
 }
 
 
-class RestoreBest(pl.Callback):
-    """Keep the weights of the best validation epoch and load them back when training ends.
-
-    Early stopping stops *after* the patience ran out; the weights to measure are the best ones.
-    """
-
-    def __init__(self, monitor: str = VAL_LOSS) -> None:
-        self.monitor = monitor
-        self.best = float("inf")
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) < self.best:
-            self.best = float(value)
-            self.state = copy.deepcopy(module.state_dict())
-
-    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.state is not None:
-            module.load_state_dict(self.state)
-
-
 @contextmanager
 def dropout_rate(net: nn.Module, rate: float | None) -> Iterator[None]:
     """Every ``nn.Dropout`` of ``net`` at ``rate`` inside the block (None: unchanged), then
@@ -238,56 +222,6 @@ def dropout_rate(net: nn.Module, rate: float | None) -> Iterator[None]:
             m.p = p
 
 
-EpochHook = Callable[[int, dict[str, float]], Any]
-
-
-@contextmanager
-def _rng_untouched() -> Iterator[None]:
-    """Restore the torch, NumPy and Python RNG states on exit: whatever runs inside (an MLflow
-    request whose retries draw jitter from ``random``, say) cannot change the training."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-
-
-def _value(metric: torch.Tensor | None) -> float:
-    return float(metric) if metric is not None else math.nan
-
-
-class LossCurve(pl.Callback):
-    """Record each epoch's mean training and validation loss as ``curve``; pass each epoch on.
-
-    An epoch counts once it ends, after its validation (``on_train_epoch_end``), numbered from
-    1: the last number equals ``trainer.current_epoch`` after ``fit``. An epoch without a
-    validation gets ``val_loss`` NaN. A callback that stops training by raising inside an epoch
-    (Optuna pruning, after that epoch's validation) leaves that epoch out: its training-loss
-    mean is only computed at the epoch's end.
-    """
-
-    def __init__(self, on_epoch: EpochHook | None = None) -> None:
-        self.on_epoch = on_epoch
-        self.curve: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-        self._val_loss = math.nan
-
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._val_loss = _value(trainer.callback_metrics.get(VAL_LOSS))
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        values = {"train_loss": _value(trainer.callback_metrics.get(TRAIN_LOSS_EPOCH)),
-                  "val_loss": self._val_loss}
-        self._val_loss = math.nan
-        for name, value in values.items():
-            self.curve[name].append(value)
-        if self.on_epoch is not None:
-            with _rng_untouched():
-                self.on_epoch(trainer.current_epoch + 1, dict(values))
-
-
 def _progress_bar(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -296,16 +230,22 @@ def _progress_bar(setting: bool | None) -> bool:
 
 def build_trainer(cfg: DictConfig, *, max_epochs: int | None = None,
                   callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer`` with the configured callbacks (but those set to null:
-    ``callbacks.early_stopping=null`` switches it off), then ``callbacks``."""
+    """The Trainer of ``cfg.trainer`` (without tinyexp's own keys, ``resume``) with the
+    configured callbacks (but those set to null: ``callbacks.early_stopping=null`` switches it
+    off), then ``callbacks``."""
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = configured + list(callbacks or [])
     overrides: dict[str, Any] = {
-        "callbacks": configured + list(callbacks or []),
+        "callbacks": callbacks,
         "enable_progress_bar": _progress_bar(cfg.trainer.get("enable_progress_bar")),
     }
+    if any(isinstance(c, EpochCheckpoint) for c in callbacks):
+        overrides["enable_checkpointing"] = True  # Lightning refuses a Checkpoint otherwise
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
-    return instantiate(cfg.trainer, **overrides)
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return instantiate({k: v for k, v in node.items() if k not in TINYEXP_TRAINER_KEYS},
+                       **overrides)
 
 
 def _check_distill(teacher: nn.Module | None, distill: Mapping[str, Any] | None) -> None:
@@ -326,7 +266,8 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
           max_epochs: int | None = None, extra_callbacks: list[pl.Callback] | None = None,
           on_epoch: EpochHook | None = None, optim: Mapping[str, Any] | None = None,
           scheduler: str | None = None, teacher: nn.Module | None = None,
-          distill: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          distill: Mapping[str, Any] | None = None,
+          checkpoints: str | Path | None = None) -> dict[str, Any]:
     """Train ``net`` in place with the Trainer, optimizer and callbacks of ``cfg``.
 
     Without ``optim``, ``scheduler`` and ``teacher`` this is the baseline's training: the
@@ -352,6 +293,10 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
             ``(1 - w) * task loss + w * distillation loss`` (see the task classes), logged as
             ``train/loss``, with the distillation term's epoch mean as ``train/kd_loss``.
             ``val/loss`` and the curve stay the pure task loss.
+        checkpoints: a folder: the training state is saved there after every epoch
+            (:class:`tinyexp.epochs.EpochCheckpoint`), and a training that finds a checkpoint
+            there resumes after its epoch, to the weights and curve an uninterrupted one ends
+            with. A damaged checkpoint is reported and discarded: the training starts over.
 
     Returns:
         ``epochs``, ``best_val_loss``, ``train_seconds`` and ``curve``: the epoch means
@@ -372,10 +317,21 @@ def train(net: nn.Module, datamodule: pl.LightningDataModule, cfg: DictConfig, *
     task = TASKS[datamodule.task](net, instantiate(cfg.optim, **dict(optim or {})),
                                   scheduler=scheduler, teacher=teacher, distill=distill)
     best, curve = RestoreBest(), LossCurve(on_epoch)
-    trainer = build_trainer(cfg, max_epochs=max_epochs,
-                            callbacks=[best, curve, *(extra_callbacks or [])])
+    callbacks = [best, curve, *(extra_callbacks or [])]
+    saver, resume_from = None, None
+    if checkpoints is not None:
+        saver = EpochCheckpoint(checkpoints)
+        callbacks.append(saver)
+        found = last_checkpoint(checkpoints)
+        if found is not None:
+            resume_from = found[0]
+            log.info("training: resuming after epoch %d from %s", found[1], resume_from)
+    trainer = build_trainer(cfg, max_epochs=max_epochs, callbacks=callbacks)
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    with saver.resumable(datamodule) if saver else nullcontext():
+        # weights_only: the checkpoint holds tensors and plain values only (EpochCheckpoint).
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from,
+                    weights_only=True if resume_from else None)
     net.eval()
     return {
         "epochs": int(trainer.current_epoch),  # epochs completed: the curve's length

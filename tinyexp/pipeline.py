@@ -93,7 +93,8 @@ def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: 
         calibration=datamodule.calibration_windows, fit=fit, evaluate=measurer.evaluate,
         measure_float=lambda net, name: measurer.float_network(net, out_dir / f"{name}.onnx"),
         measure_artifact=measurer.artifact, task_metrics=measurer.task_metrics,
-        timing={"warmup": cfg.measure.latency_warmup, "runs": cfg.measure.latency_runs},
+        timing={"warmup": cfg.measure.latency_warmup, "runs": cfg.measure.latency_runs,
+                "lock": cfg.measure.latency_lock},
         sensitivity_metric=SENSITIVITY_METRIC[datamodule.task],
         opset=cfg.measure.opset, out_dir=out_dir)
     return ctx
@@ -101,18 +102,25 @@ def build_context(cfg: DictConfig, datamodule: pl.LightningDataModule, out_dir: 
 
 def baseline(net: nn.Module, ctx: Context, cfg: DictConfig, tracker: Any,
              curve_prefix: str = "") -> tuple[nn.Module, dict[str, Any]]:
-    """The float baseline: from the cache, or trained and cached; then measured."""
+    """The float baseline: from the cache, or trained and cached; then measured.
+
+    A job that finds another training the same baseline waits for it and loads its weights
+    (:func:`tinyexp.cache.load_or_train`); with ``trainer.resume=auto`` a killed training's
+    rerun resumes after its last epoch. Measuring happens after, not holding the cache's lock.
+    """
     key = cache.baseline_key(cfg)
-    info = cache.load(cfg.cache_dir, key, net)
-    hit = info is not None
     curve = curve_prefix + "baseline"
+
+    def fit(checkpoints: Path | None) -> dict[str, Any]:
+        log.info("baseline: training %s", cfg.arch.name)
+        return train(net, ctx.datamodule, cfg, on_epoch=tracker.curve_logger(curve),
+                     checkpoints=checkpoints)
+
+    info, hit = cache.load_or_train(cfg.cache_dir, key, net, fit,
+                                    resume=cfg.trainer.get("resume", "auto") == "auto")
     if hit:
         log.info("baseline: reusing cached weights %s", key)
         tracker.log_curve(curve, info.get("curve") or {})  # replay the cached training
-    else:
-        log.info("baseline: training %s", cfg.arch.name)
-        info = train(net, ctx.datamodule, cfg, on_epoch=tracker.curve_logger(curve))
-        cache.store(cfg.cache_dir, key, net, info)
     ctx.tags.update({"tinyexp.baseline_cache": "hit" if hit else "miss",
                      "tinyexp.baseline_key": key})
     return net, {**ctx.measure_float(net, "baseline"), "epochs": info["epochs"]}

@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from tinyexp.config import check_metric_callback
+from tinyexp.config import TINYEXP_TRAINER_KEYS, check_metric_callback
 from tinyexp.lit import MONITORABLE, TRAIN_LOSS_EPOCH, build_trainer
 from tinyexp.schemas import SCHEMAS, ConfigError, _require
 
@@ -57,7 +57,8 @@ def preflight(cfg: DictConfig) -> None:
         task = cfg.dataset.get("task") or SCHEMAS["dataset"][cfg.dataset.name].task
         callbacks = OmegaConf.to_container(cfg.get("callbacks") or OmegaConf.create({}),
                                            resolve=True)
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                   if k not in TINYEXP_TRAINER_KEYS}  # tinyexp's own (resume): not the Trainer's
         for name, values in callbacks.items():
             if values is not None:  # null: switched off
                 _check_callback(f"callbacks.{name}", values, task, trainer)

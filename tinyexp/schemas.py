@@ -10,10 +10,12 @@ cheap at startup.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from tinyexp.checks import ConfigError, _fraction, _positive, _require, _widths
 from tinyexp.data.schemas import IMAGE_DATA_SCHEMAS
+from tinyexp.measure.latency_lock import DEFAULT_LATENCY_LOCK, open_lock
 from tinyexp.models.schemas import IMAGE_ARCH_SCHEMAS
 
 # ----------------------------------------------------------------------------- datasets
@@ -252,6 +254,7 @@ class Measure:
     opset: int = 17
     latency_warmup: int = 100
     latency_runs: int = 1000
+    latency_lock: str | None = DEFAULT_LATENCY_LOCK  # null: jobs may time side by side
 
     def __post_init__(self) -> None:
         _require(13 <= self.opset <= 21, "measure.opset", f"must be in [13, 21], got {self.opset}")
@@ -259,6 +262,20 @@ class Measure:
                  f"must be >= 0, got {self.latency_warmup}")
         _require(self.latency_runs >= 5, "measure.latency_runs",
                  f"must be >= 5, got {self.latency_runs}")
+        if self.latency_lock is not None:
+            self._check_lock(self.latency_lock)
+
+    @staticmethod
+    def _check_lock(path: str) -> None:
+        # Absolute: every job on the host, whatever its folder, must name the same file.
+        _require(os.path.isabs(path), "measure.latency_lock",
+                 f"must be an absolute path to a lock file shared by the host's jobs (e.g. "
+                 f"{DEFAULT_LATENCY_LOCK}), or null for none, got {path!r}")
+        try:  # create it now (cheap): a run must not find out when it first times a model
+            os.close(open_lock(path))
+        except OSError as err:
+            raise ConfigError("measure.latency_lock", f"cannot open or create {path!r} "
+                              f"({type(err).__name__}: {err.strerror or err})") from None
 
 
 @dataclass

@@ -47,12 +47,17 @@ def test_predictor_keeps_one_interpreter(classifier_int8):
         predict(np.zeros((1, 3, 3), np.float32))
 
 
-def test_host_latency(classifier_int8):
+def test_host_latency(classifier_int8, tmp_path):
     from tinyexp.deploy.tflm import host_latency_ms
 
     latency = host_latency_ms(classifier_int8.path, classifier_int8.inputs[:1], warmup=3, runs=20)
-    assert set(latency) == {"latency_ms", "latency_p90_ms"}
+    assert set(latency) == {"latency_ms", "latency_p90_ms", "latency_lock_wait_s",
+                            "latency_exclusive", "latency_threads", "latency_load_1m"}
     assert 0 < latency["latency_ms"] <= latency["latency_p90_ms"] < 1000
+    assert latency["latency_exclusive"] == 0.0  # no lock given: timed side by side
+    locked = host_latency_ms(classifier_int8.path, classifier_int8.inputs[:1], warmup=1, runs=5,
+                             lock=str(tmp_path / "latency.lock"))
+    assert locked["latency_exclusive"] == 1.0 and locked["latency_threads"] == 1.0
 
 
 @pytest.mark.parametrize("content", [b"not a model at all", b"\x00" * 64,

@@ -37,6 +37,7 @@ from tinyexp.deploy import _tflite
 from tinyexp.deploy._capture import Captured, capture_stderr, one_line
 from tinyexp.deploy._tflite import TensorInfo
 from tinyexp.deploy.export import DeployError
+from tinyexp.measure.latency_lock import exclusive
 
 PROBE_ARENA = 8 << 20  # generous first allocation; the arena actually used is read back
 PROBE_TIMEOUT = 300  # seconds; an unrolled LSTM takes TFLM a few seconds to prepare
@@ -266,11 +267,13 @@ def tflm_predict(path: str | os.PathLike,
 
 
 def host_latency_ms(path: str | os.PathLike, example: Any, warmup: int = 10,
-                    runs: int = 100) -> dict[str, float]:
+                    runs: int = 100, lock: str | None = None) -> dict[str, float]:
     """Median and 90th-percentile time of one ``invoke()`` in the full TFLite runtime.
 
     One thread, the runtime's default delegate (XNNPACK for float operators). ``example`` is
     one float input (a tensor or array of the input's shape); integer inputs are quantized.
+    Warm-up and timed runs hold the host-wide ``lock`` (``measure.latency_lock``) and the
+    result says how they were timed, as :func:`tinyexp.measure.cost.latency_ms` does.
 
     Raises:
         DeployError: the runtime cannot load or run the file.
@@ -289,17 +292,19 @@ def host_latency_ms(path: str | os.PathLike, example: Any, warmup: int = 10,
             x = quantize(np.asarray(x, np.float32).reshape(d["shape"]), np.dtype(d["dtype"]),
                          float(q[0]), int(q[1]))
             interp.set_tensor(d["index"], x)
-            for _ in range(warmup):
-                interp.invoke()
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                interp.invoke()
-                times.append((time.perf_counter() - start) * 1e3)
+            with exclusive(lock) as record:
+                record.update(latency_threads=1.0, latency_load_1m=os.getloadavg()[0])
+                for _ in range(warmup):
+                    interp.invoke()
+                times = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    interp.invoke()
+                    times.append((time.perf_counter() - start) * 1e3)
         except Exception as e:
             failure = e
     if failure is not None:
         raise DeployError(f"{path}: the TFLite runtime cannot run it: "
                           f"{captured.reason(fallback=str(failure))}") from failure
     return {"latency_ms": statistics.median(times),
-            "latency_p90_ms": float(np.percentile(times, 90))}
+            "latency_p90_ms": float(np.percentile(times, 90)), **record}

@@ -11,6 +11,7 @@ file (:mod:`tinyexp.measure.mcu`).
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from tinyexp.files import atomic_write
+from tinyexp.measure.latency_lock import DEFAULT_LATENCY_LOCK, exclusive
 
 log = logging.getLogger(__name__)
 
@@ -258,28 +260,43 @@ def ort_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> dict:
+# Intra-op threads of the timing session: one, as on a single-core microcontroller.
+LATENCY_THREADS = 1
+
+
+def latency_ms(path: Path, example: np.ndarray, *, warmup: int, runs: int,
+               lock: str | None = DEFAULT_LATENCY_LOCK) -> dict:
     """Median and 90th percentile of batch-1, single-thread inference time in ONNX Runtime.
 
-    ``warmup`` untimed runs first, then ``runs`` timed ones (``measure.latency_*`` in the config).
+    ``warmup`` untimed runs first, then ``runs`` timed ones (``measure.latency_*`` in the config),
+    all under the host-wide ``lock`` (``measure.latency_lock``; None: none): no other job times
+    meanwhile. With the times come how they were taken: ``latency_lock_wait_s``,
+    ``latency_exclusive`` (:func:`tinyexp.measure.latency_lock.exclusive`),
+    ``latency_threads`` (the session's intra-op threads) and ``latency_load_1m`` (the host's
+    1-minute load average when timing began: what else was running, training included).
     """
-    session = ort_session(path)
+    session = ort_session(path, LATENCY_THREADS)
     name = session.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(example[:1], dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
+    with exclusive(lock) as record:
+        record.update(latency_threads=float(LATENCY_THREADS),
+                      latency_load_1m=os.getloadavg()[0])
+        for _ in range(warmup):
+            session.run(None, feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - start) * 1e3)
     return {
         "latency_ms": statistics.median(times),
         "latency_p90_ms": float(np.percentile(times, 90)),
+        **record,
     }
 
 
-def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int) -> dict:
+def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int,
+                  lock: str | None = DEFAULT_LATENCY_LOCK) -> dict:
     """MACs, file size, memory and latency of an ONNX artifact.
 
     ``size_bytes`` is the ONNX file. ``flash_bytes`` and ``ram_bytes`` are what the artifact
@@ -287,7 +304,7 @@ def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int) ->
     ``.tflite`` flatbuffer and the tensor arena (:func:`tinyexp.measure.mcu.estimate`), whose
     planned activations are ``activation_bytes``. A graph TFLite Micro cannot run (an LSTM)
     keeps the ONNX figures: the file, and :func:`peak_activation_bytes` for both RAM keys.
-    ``warmup`` and ``runs`` go to ``latency_ms``.
+    ``warmup``, ``runs`` and ``lock`` go to ``latency_ms``.
     """
     from tinyexp.measure.mcu import Unsupported, estimate
 
@@ -305,5 +322,5 @@ def artifact_cost(path: Path, example: np.ndarray, *, warmup: int, runs: int) ->
         "macs": onnx_macs(path),
         "size_bytes": size,
         **memory,
-        **latency_ms(path, example, warmup=warmup, runs=runs),
+        **latency_ms(path, example, warmup=warmup, runs=runs, lock=lock),
     }

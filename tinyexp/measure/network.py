@@ -52,7 +52,8 @@ class Measurer:
         datamodule: the run's data (``task``, test data, ``example_input()``).
         dataset: the dataset's config node (anomaly threshold: ``threshold_quantile``,
             ``threshold_scale``).
-        settings: the ``measure`` config node (``opset``, ``latency_warmup``, ``latency_runs``).
+        settings: the ``measure`` config node (``opset``, ``latency_warmup``, ``latency_runs``,
+            ``latency_lock``).
     """
 
     def __init__(self, datamodule: Any, dataset: Any, settings: Any) -> None:
@@ -80,7 +81,8 @@ class Measurer:
             "weight_bytes": weight_bytes(artifact),
             **artifact_cost(artifact, self.datamodule.example_input().numpy(),
                             warmup=self.settings.latency_warmup,
-                            runs=self.settings.latency_runs),
+                            runs=self.settings.latency_runs,
+                            lock=self.settings.latency_lock),
         }
 
     def float_network(self, net: nn.Module, artifact: Path) -> dict[str, float]:

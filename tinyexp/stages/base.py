@@ -32,7 +32,8 @@ class Context:
             Runtime (task metrics of the file itself), with ``net``'s parameter count.
         task_metrics: ``task_metrics(predict)`` -> the task metrics of any predictor (float32
             array in, outputs out) on the test data: a runtime other than ONNX Runtime's.
-        timing: ``{"warmup": n, "runs": n}`` of every latency measurement (``measure``).
+        timing: ``{"warmup": n, "runs": n, "lock": path}`` of every latency measurement
+            (``measure``).
         sensitivity_metric: the metric the per-layer analysis ranks by unless told otherwise.
         opset: the ONNX opset of every export.
         out_dir: the job's output folder.
@@ -51,7 +52,7 @@ class Context:
     measure_float: Callable[[Any, str], dict[str, float]]
     measure_artifact: Callable[[Any, Path], dict[str, float]]
     task_metrics: Callable[[Any], dict[str, float]]
-    timing: dict[str, int]
+    timing: dict[str, Any]
     sensitivity_metric: str
     opset: int
     out_dir: Path
