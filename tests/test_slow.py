@@ -26,8 +26,9 @@ def test_sensitivity_sweep_prunes_every_architecture_to_at_most_70_percent(tmp_p
 def test_installed_wheel_runs_from_another_directory(tmp_path):
     wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
     work.mkdir()
+    # tinyexp's wheel and the one of the Optuna sweeper it depends on (plugins/)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True)
+                    str(ROOT), str(ROOT / "plugins" / "hydra_optuna5_sweeper")], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), *map(str, wheels.glob("*.whl"))], check=True)
     env = {"PYTHONPATH": str(target)}  # the installed copy, not the checkout

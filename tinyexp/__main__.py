@@ -64,6 +64,8 @@ def main() -> None:
     # Hydra prints its own errors (a bad override, an unknown option) over several lines and
     # exits 1; letting them through lets us print them as one line and exit 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if os.environ.get("TINYEXP_DEBUG"):  # the Optuna sweeper's bad-setting errors too
+        os.environ.setdefault("OPTUNA5_SWEEPER_DEBUG", "1")
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         with handle_signals():

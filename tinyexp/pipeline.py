@@ -23,6 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna5_sweeper import JobResult
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -219,12 +220,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write(this.out_dir / "summary.txt", table + "\n")
     print(table, flush=True)
     objective = cfg.get("objective") or PRIMARY_METRIC[ctx.datamodule.task]
-    return {
-        "objective": _number(metrics.get(f"{final}/{objective}")),
-        "final_stage": final,
-        "metrics": metrics,
-        "mlflow_run_id": tracker.run_id,
-    }
+    # The sweeper's job contract (hydra-optuna5-sweeper's JobResult), as a plain dict.
+    return JobResult(objective=_number(metrics.get(f"{final}/{objective}")), final_stage=final,
+                     metrics=metrics, extra={"mlflow_run_id": tracker.run_id}).to_dict()
 
 
 def _number(value: Any) -> float | None:

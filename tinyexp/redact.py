@@ -3,24 +3,18 @@
 Storage URLs (``postgresql://user:secret@db/optuna``) are config values like any other, so
 they turn up in error messages and in Hydra's log lines (a multirun logs each job's overrides).
 Every line tinyexp prints goes through :func:`redact`: the CLI wraps stdout and stderr in
-:class:`RedactingStream` before Hydra starts.
-Standard library only: the CLI imports it before anything else.
+:class:`RedactingStream` before Hydra starts. ``redact`` itself is the Optuna sweeper's
+(hydra-optuna5-sweeper), so the sweeper's lines and tinyexp's hide a password the same way.
+Standard library only (the sweeper's ``redact`` too): the CLI imports it before anything else.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-# scheme://user:password@  ->  the password is everything between the first ':' after the
-# scheme's '//' and the last '@' before the host (passwords may hold '@' or ':').
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)"
-                          r"(?P<secret>[^\s'\"/]*)@")
+from hydra_plugins.hydra_optuna5_sweeper import redact
 
-
-def redact(text: str) -> str:
-    """``text`` with every URL's password replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['head']}***@", text)
+__all__ = ["RedactingStream", "redact"]
 
 
 class RedactingStream:

@@ -1,9 +1,10 @@
 """The job's side of an Optuna search: report fine-tuning progress to the trial, stop early.
 
-The Optuna sweeper (``hydra_plugins/tinyexp_optuna``) hands every job its trial through the
-``optuna`` config node (study name, storage, trial id and number). Here the job reports its
-validation loss after each fine-tuning epoch, and raises ``optuna.TrialPruned`` when the study's
-pruner finds the trial hopeless.
+The Optuna sweeper (``hydra/sweeper: tinyexp_optuna``: hydra-optuna5-sweeper with
+``trial_node: optuna``) hands every job its trial through the ``optuna`` config node (study
+name, storage, trial id and number). Here the job reports its validation loss after each
+fine-tuning epoch, and raises ``optuna.TrialPruned`` when the study's pruner finds the trial
+hopeless.
 """
 
 from __future__ import annotations

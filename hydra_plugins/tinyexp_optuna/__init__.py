@@ -1,5 +1,5 @@
-"""Hydra sweeper driving an Optuna (>= 4) study: ask a batch of trials, launch them as Hydra jobs,
-tell Optuna what each job returned, resume from the study's storage when run again.
-
-Select it with ``override /hydra/sweeper: tinyexp_optuna`` (see ``conf/search/*.yaml``).
+"""tinyexp's Optuna search: ``hydra/sweeper: tinyexp_optuna``, the sweeper of
+hydra-optuna5-sweeper with tinyexp's defaults (see ``_node``; ``conf/search/*.yaml`` select it).
 """
+
+from hydra_plugins.tinyexp_optuna import _node  # noqa: F401  (registers the node)

@@ -8,7 +8,7 @@ A sweep that cannot become a distribution raises ``SpaceError`` naming where it 
 # ruff: noqa: UP006, UP035, UP045
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
@@ -40,7 +40,7 @@ def _override_string(value: Any) -> str:
 
 
 def distribution_from_override(override: Override) -> Tuple[Any, Optional[Dict[Any, str]]]:
-    """The Optuna distribution of one sweep override, as hydra-optuna-sweeper does it.
+    """The Optuna distribution of one sweep override, as hydra-optuna-sweeper makes it.
 
     Returns:
         The distribution, and for a categorical one the override string of each choice
@@ -67,16 +67,14 @@ def distribution_from_override(override: Override) -> Tuple[Any, Optional[Dict[A
         return categorical(list(override.sweep_iterator(transformer=Transformer.identity)))
     if override.is_range_sweep():
         assert isinstance(value, RangeSweep)
-        values = list(override.sweep_iterator(transformer=Transformer.identity))
-        if not values:
-            raise ValueError(f"empty range: {override.input_line}")
-        if value.shuffle or len(values) == 1:
-            return categorical(values)
-        low, high, step = min(values), max(values), abs(value.step)
-        # Hydra's range, like Python's, excludes its stop value; Optuna's bounds are inclusive.
-        if all(isinstance(v, int) for v in values) and isinstance(value.step, int):
-            return IntDistribution(int(low), int(high), step=int(step)), None
-        return FloatDistribution(float(low), float(high), step=float(step)), None
+        if value.shuffle:
+            return categorical(list(override.sweep_iterator(transformer=Transformer.identity)))
+        # As hydra-optuna-sweeper: Optuna's bounds include `stop` (Hydra's range, like
+        # Python's, excludes it), and a float anywhere makes it a float range.
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+            return FloatDistribution(float(value.start), float(value.stop),
+                                     step=float(value.step) if value.step else None), None
+        return IntDistribution(int(value.start), int(value.stop), step=int(value.step)), None
     if override.is_interval_sweep():
         assert isinstance(value, IntervalSweep)
         log_scale = "log" in value.tags
@@ -86,6 +84,21 @@ def distribution_from_override(override: Override) -> Tuple[Any, Optional[Dict[A
     raise ValueError(f"not a sweep the Optuna sweeper supports: {override.input_line}; use "
                      f"interval(a, b), int(interval(a, b)), range(a, b), choice(a, b) or "
                      f"tag(log, interval(a, b))")
+
+
+def grid_choices(distribution: Any) -> List[Any]:
+    """The grid sampler's values for one distribution, as hydra-optuna-sweeper lists them:
+    a range's values without its stop, as Hydra's range has them."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    step = getattr(distribution, "step", None)
+    if step is None:
+        raise ValueError("the grid sampler needs finite choices: choice(...) or range(...), "
+                         "not an interval")
+    n_items = int((distribution.high - distribution.low) // step)
+    return [distribution.low + i * step for i in range(n_items)]
 
 
 @dataclass
@@ -172,3 +185,46 @@ def build_search_space(params: Optional[Mapping[str, Any]], arguments: Sequence[
         else:
             fixed.append(str(override.input_line))
     return SearchSpace(distributions, choice_strings, fixed)
+
+
+def collect_params(params: Any, group_params: Any, choices: Mapping[str, Any],
+                   group_options: Callable[[str], List[str]]
+                   ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """``params``, plus the ``group_params`` of the options this sweep composed; and where
+    each was written (for errors).
+
+    Args:
+        choices: ``hydra.runtime.choices``, the option of each config group.
+        group_options: a group's options (empty when unknown).
+
+    Raises:
+        _SettingsError: naming the setting that has the wrong shape.
+    """
+    from hydra_plugins.hydra_optuna5_sweeper._checks import _SettingsError
+
+    if params is not None and not isinstance(params, Mapping):
+        raise _SettingsError("params", f"must be a mapping of config keys to sweeps, e.g. "
+                                       f"{{x: interval(0.1, 0.9)}}, got {params!r}")
+    out = dict(params or {})
+    origins = {key: f"hydra.sweeper.params.{key}" for key in out}
+    if group_params is not None and not isinstance(group_params, Mapping):
+        raise _SettingsError("group_params", f"expected {{group: {{option: {{key: sweep}}}}}}, "
+                                             f"got {group_params!r}")
+    for group, by_option in (group_params or {}).items():
+        where = f"group_params.{group}"
+        if not isinstance(by_option, Mapping) or \
+                not all(v is None or isinstance(v, Mapping) for v in by_option.values()):
+            raise _SettingsError(where, f"expected {{option: {{key: sweep}}}}, got "
+                                        f"{by_option!r}")
+        if group not in choices:
+            raise _SettingsError(where, f"{group!r} is not a config group of this app")
+        known = group_options(group)
+        for option in by_option:
+            if known and option not in known:
+                raise _SettingsError(f"{where}.{option}", f"{group} has no option {option!r}; "
+                                                          f"options: {', '.join(sorted(known))}")
+        chosen = choices.get(group)
+        extra = by_option.get(chosen) or {}
+        out.update(extra)
+        origins.update({key: f"hydra.sweeper.{where}.{chosen}.{key}" for key in extra})
+    return out, origins

@@ -1,8 +1,8 @@
 """Checks of the sweeper's settings, all made before the study is opened: types and ranges
-(``check_count``, ``check_seconds``, ...), directions, objectives, constraints
-(``Constraint``), the sampler and pruner, the storage URL; the error they raise
-(``_SettingsError``), and ``_fmt`` for numbers in progress lines. ``user_key`` and
-``probe_message`` name, in an error, the key the user typed.
+(``check_count``, ``check_seconds``, ...), directions, objectives, constraints, the sampler
+and pruner, the storage URL, dotted paths of functions; the error they raise
+(``_SettingsError``). ``user_key`` and ``probe_message`` name, in an error, the key the user
+typed.
 
 The sweeper's config schema types its settings ``Any``: a value that comes through an
 interpolation (``n_trials: ${search.n_trials}``) then reaches these checks, which name the key,
@@ -12,44 +12,22 @@ instead of failing inside Hydra's instantiate with a traceback.
 # module docstring.
 # ruff: noqa: UP006, UP035, UP045
 
+import importlib.util
 import math
 import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from hydra_plugins.tinyexp_optuna._jobs import _error_text
-from tinyexp.redact import redact
-from tinyexp.summary import fmt_number
+from hydra_plugins.hydra_optuna5_sweeper._results import Constraint
+from hydra_plugins.hydra_optuna5_sweeper._util import error_text, redact
 
 # `${search.n_trials}`, `${oc.select:seed,null}`: a setting taken from another key.
 _INTERPOLATION = re.compile(r"^\$\{(?:oc\.select:)?\s*([A-Za-z_][\w.]*)\s*(?:,[^}]*)?\}$")
 
 # ----------------------------------------------------------------------------- settings
-
-
-@dataclass
-class Constraint:
-    """``metric <= max`` (or ``metric >= min``), told to Optuna as ``value - max <= 0``."""
-
-    metric: str
-    bound: float
-    upper: bool = True
-
-    @property
-    def key(self) -> str:
-        return self.metric if self.upper else f"{self.metric}>="
-
-    def violation(self, value: float) -> float:
-        return value - self.bound if self.upper else self.bound - value
-
-    def describe(self, value: float) -> str:
-        sign = "<=" if self.upper else ">="
-        mark = "ok" if self.violation(value) <= 0 else "OVER" if self.upper else "UNDER"
-        return f"{self.metric.split('/')[-1]} {_fmt(value)} {sign} {_fmt(self.bound)} {mark}"
 
 
 class _SettingsError(ValueError):
@@ -108,8 +86,9 @@ def check_study_name(value: Any) -> Optional[str]:
 
 
 def _directions(direction: Any) -> List[str]:
-    items = [direction] if isinstance(direction, str) else \
-        list(direction) if isinstance(direction, (list, tuple)) else []
+    # a name, hydra-optuna-sweeper's Direction enum, or a list of either
+    items = list(direction) if isinstance(direction, (list, tuple)) else \
+        [direction] if isinstance(direction, str) or hasattr(direction, "name") else []
     names = [str(getattr(d, "name", d)).lower() for d in items]
     if not names or any(n not in ("minimize", "maximize") for n in names):
         raise _SettingsError("direction", f"must be minimize, maximize or a list of them, "
@@ -213,10 +192,10 @@ def check_component(key: str, cfg: Any, what: str) -> None:
     for name, value in cfg.items():
         if name in _ARGUMENTS:
             _check_argument(f"{key}.{name}", name, value)
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_object, instantiate
 
     try:
-        get_class(cfg["_target_"])
+        get_object(cfg["_target_"])
     except Exception as err:
         raise _SettingsError(f"{key}._target_", f"cannot import {cfg['_target_']!r} "
                                                 f"({_first_line(err)})") from None
@@ -226,6 +205,16 @@ def check_component(key: str, cfg: Any, what: str) -> None:
             instantiate(dict(cfg))
     except Exception as err:
         raise _SettingsError(key, f"Optuna rejects the {what}: {_first_line(err)}") from None
+    # Optuna imports these only when the sampler first samples, after the first jobs ran.
+    missing = [m for m in _NEEDS.get(cfg["_target_"], ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _SettingsError(key, f"{cfg['_target_']} needs {' and '.join(missing)}, not "
+                                  f"installed: pip install {' '.join(missing)}")
+
+
+_NEEDS = {"optuna.samplers.GPSampler": ("torch", "scipy"),
+          "optuna.samplers.QMCSampler": ("scipy",),
+          "optuna.samplers.CmaEsSampler": ("cmaes",)}
 
 
 def _first_line(err: BaseException) -> str:
@@ -243,8 +232,8 @@ def check_storage(url: Any) -> None:
     if url is None:
         return
     if not isinstance(url, str) or not url.strip():
-        raise _SettingsError("storage", f"must be null (sqlite in the sweep folder), a database "
-                                        f"URL or a journal file path, got {url!r}")
+        raise _SettingsError("storage", f"must be null (in memory), a database URL or a "
+                                        f"journal file path, got {url!r}")
     shown = redact(url)
     if "://" not in url:  # an Optuna journal file
         _check_writable(Path(url), "journal file")
@@ -282,16 +271,10 @@ def _check_writable(path: Path, what: str) -> None:
     if not existing.is_dir():
         raise _SettingsError("storage", f"cannot create {path}: {existing} is a file")
     try:  # os.access says yes to root everywhere: try it
-        os.rmdir(tempfile.mkdtemp(prefix=".tinyexp-optuna-", dir=existing))
+        os.rmdir(tempfile.mkdtemp(prefix=".optuna5-sweeper-", dir=existing))
     except OSError as err:
         raise _SettingsError("storage", f"cannot create the {what} {path}: {existing} is not "
                                         f"writable ({err.strerror})") from None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return fmt_number(value)
 
 
 # ----------------------------------------------------------------------------- error keys
@@ -321,8 +304,9 @@ def probe_message(err: Exception, point: Mapping[str, Any], varied: Optional[str
     """``<key>: <what is wrong>`` for a search-space point whose job config is bad."""
     from hydra.errors import HydraException
 
-    text = _error_text(err)
-    if type(err).__name__ == "ConfigError":  # tinyexp's: its message starts with the key
+    text = error_text(err)
+    key = getattr(err, "key", None)  # a validator's error that names its key (`.key`)
+    if isinstance(key, str) and str(err).startswith(f"{key}: "):
         return text.split(": ", 1)[1]
     if isinstance(err, HydraException):  # composing failed: name the override it names
         message = text.split(": ", 1)[1]

@@ -1,6 +1,5 @@
-"""The Optuna sweeper's search space and the checks of its settings, as plain functions
-(the sweeper running them before any trial: ``test_optuna_sweeper.py`` and
-``tests/test_bad_inputs.py``)."""
+"""The search space and the checks of the settings, as plain functions (the sweeper running
+them before any trial: ``test_sweeper.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.tinyexp_optuna._settings import (
+from hydra_plugins.hydra_optuna5_sweeper import SweeperSettings
+from hydra_plugins.hydra_optuna5_sweeper._checks import (
     _constraints,
     _directions,
     _SettingsError,
@@ -19,14 +19,17 @@ from hydra_plugins.tinyexp_optuna._settings import (
     check_heartbeat,
     check_objectives,
     check_storage,
+    probe_message,
     user_key,
 )
-from hydra_plugins.tinyexp_optuna._space import SpaceError
-from hydra_plugins.tinyexp_optuna.optuna_sweeper import (
-    _RedactLog,
+from hydra_plugins.hydra_optuna5_sweeper._space import (
+    SpaceError,
     build_search_space,
+    collect_params,
     distribution_from_override,
+    grid_choices,
 )
+from hydra_plugins.hydra_optuna5_sweeper._util import _RedactLog
 
 # ----------------------------------------------------------------------------- search space
 
@@ -39,15 +42,41 @@ def _override(line: str):
     ("a=interval(0.1, 0.9)", FloatDistribution(0.1, 0.9)),
     ("a=int(interval(2, 8))", IntDistribution(2, 8)),
     ("a=tag(log, interval(0.0001, 0.1))", FloatDistribution(0.0001, 0.1, log=True)),
-    ("a=range(2, 9)", IntDistribution(2, 8)),  # Hydra's range excludes its stop
-    ("a=range(0, 10, 3)", IntDistribution(0, 9, step=3)),
-    ("a=range(0.0, 1.0, 0.25)", FloatDistribution(0.0, 0.75, step=0.25)),
+    # As hydra-optuna-sweeper: Optuna's bounds include the range's stop.
+    ("a=range(2, 9)", IntDistribution(2, 9)),
+    ("a=range(0, 9, 3)", IntDistribution(0, 9, step=3)),
+    ("a=range(0.0, 1.0, 0.25)", FloatDistribution(0.0, 1.0, step=0.25)),
+    ("a=range(-5.5, 5.5, step=0.5)", FloatDistribution(-5.5, 5.5, step=0.5)),
+    ("a=range(0, 5, step=0.5)", FloatDistribution(0.0, 5.0, step=0.5)),  # a float anywhere
+    ("a=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
     ("a=choice(none, int8, w4a8)", CategoricalDistribution(["none", "int8", "w4a8"])),
     ("a=1,2,3", CategoricalDistribution([1, 2, 3])),
 ])
 def test_hydra_sweep_syntax_becomes_optuna_distributions(line, expected):
     distribution, _ = distribution_from_override(_override(line))
     assert distribution == expected
+
+
+def test_a_shuffled_range_is_categorical():
+    distribution, _ = distribution_from_override(_override("a=shuffle(range(1, 4))"))
+    assert isinstance(distribution, CategoricalDistribution)
+    assert sorted(distribution.choices) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("line", "grid"), [
+    ("a=range(1, 3)", [1, 2]),  # the grid leaves out the stop, as hydra-optuna-sweeper's does
+    ("a=range(-1.0, 1.0, step=1)", [-1.0, 0.0]),
+    ("a=choice(foo, bar)", ["foo", "bar"]),
+])
+def test_grid_values(line, grid):
+    distribution, _ = distribution_from_override(_override(line))
+    assert grid_choices(distribution) == grid
+
+
+def test_an_interval_has_no_grid():
+    distribution, _ = distribution_from_override(_override("a=interval(0, 1)"))
+    with pytest.raises(ValueError, match="finite choices"):
+        grid_choices(distribution)
 
 
 def test_list_choices_go_back_to_hydra_as_lists():
@@ -67,7 +96,7 @@ def test_list_choices_go_back_to_hydra_as_lists():
      "cannot search interval(0.9, 0.1)"),
     ({}, ["prune.ratio=interval(0.9, 0.1)"], "prune.ratio", "low <= high"),
     ({"lr": "tag(log, interval(0.0, 0.1))"}, [], "hydra.sweeper.params.lr", "cannot search"),
-    ({"a": "range(5, 1)"}, [], "hydra.sweeper.params.a", "empty range"),
+    ({"a": "range(5, 1)"}, [], "hydra.sweeper.params.a", "cannot search range(5, 1)"),
     ({"a": "choice(1,"}, [], "hydra.sweeper.params.a", "cannot parse 'a=choice(1,'"),
     ({"prune": {"ratio": "interval(0, 1)"}}, [], "hydra.sweeper.params.prune", "mapping"),
 ])
@@ -75,6 +104,20 @@ def test_a_bad_sweep_is_named_where_it_was_written(params, arguments, key, text)
     with pytest.raises(SpaceError) as caught:
         build_search_space(params, arguments)
     assert caught.value.key == key and text in caught.value.message
+
+
+def test_group_params_add_the_params_of_the_chosen_option():
+    group_params = {"arch": {"cnn": {"arch.channels": "choice(8,16)"}, "lstm": None}}
+    params, origins = collect_params({"lr": "interval(0.1, 1)"}, group_params,
+                                     {"arch": "cnn"}, lambda group: ["cnn", "lstm"])
+    assert params == {"lr": "interval(0.1, 1)", "arch.channels": "choice(8,16)"}
+    assert origins["arch.channels"] == "hydra.sweeper.group_params.arch.cnn.arch.channels"
+    with pytest.raises(_SettingsError) as caught:
+        collect_params(None, {"arch": {"lstn": {}}}, {"arch": "cnn"}, lambda g: ["cnn", "lstm"])
+    assert caught.value.setting == "group_params.arch.lstn"
+    with pytest.raises(_SettingsError) as caught:
+        collect_params(None, {"nope": {}}, {"arch": "cnn"}, lambda g: [])
+    assert caught.value.setting == "group_params.nope"
 
 
 def test_group_params_are_named_by_their_group_and_option():
@@ -125,6 +168,9 @@ def _error(check, *args) -> _SettingsError:
                                   "max_resource": "most"}, "pruner"),
      "pruner.max_resource", "or auto"),
     (check_component, ("pruner", "median", "pruner"), "pruner", "hydra/sweeper/pruner="),
+    (check_component, ("sampler", {"_target_": "hydra_plugins.hydra_optuna5_sweeper._config."
+                                              "raise_motpe_removed"}, "sampler"), "sampler",
+     "The 'motpe' sampler was removed in Optuna 4.0"),
     (check_storage, ("",), "storage", "must be null"),
     (check_storage, ("bogus://x",), "storage", "not a database URL"),
     (check_storage, ("sqlite://",), "storage", "in-memory"),
@@ -135,6 +181,73 @@ def test_bad_settings_name_their_setting(check, args, setting, text):
     error = _error(check, *args)
     assert error.setting == setting and text in error.message, error.message
     assert str(error) == f"hydra.sweeper.{setting}: {error.message}"
+
+
+@pytest.mark.parametrize(("settings", "setting", "text"), [
+    ({"max_failure_rate": 1.5}, "max_failure_rate", "[0, 1]"),
+    ({"max_failure_rate": -0.1}, "max_failure_rate", "[0, 1]"),
+    ({"max_failures": 0}, "max_failures", "int >= 1"),
+    ({"resume_to_total": True, "max_failure_rate": 1.0}, "max_failures", "never stop"),
+    ({"resume_to_total": "yes"}, "resume_to_total", "true or false"),
+    ({"constraints": [{"metric": "final/a", "max": 1}]}, "constraints", "need objectives"),
+    ({"trial_node": "not a key"}, "trial_node", "config key"),
+    ({"callbacks": ["nope.nothing"]}, "callbacks.0", "nope"),
+    ({"callbacks": "x"}, "callbacks", "a list"),
+    ({"mlflow": {"uri": "x"}}, "mlflow", "tracking_uri"),
+    ({"validator": "nope.nothing"}, "validator", "nope"),
+    ({"custom_search_space": "nope-nope.configure"}, "custom_search_space", "nope"),
+    ({"n_jobs": 0}, "n_jobs", "int >= 1"),
+])
+def test_bad_sweeper_settings_name_their_key(settings, setting, text):
+    error = _error(SweeperSettings.of(settings).check)
+    assert error.setting == setting and text in error.message, error.message
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(TypeError, match="n_trails"):
+        SweeperSettings.of({"n_trails": 3})
+
+
+def test_the_defaults_check_and_leave_the_returned_value_as_the_objective():
+    checked = SweeperSettings().check()
+    assert checked.directions == ["minimize"] and checked.objective_names is None
+    assert checked.value_names == ["value"] and checked.callbacks == []
+    two = SweeperSettings(direction=["minimize", "maximize"]).check()
+    assert two.value_names == ["values_0", "values_1"]
+
+
+def test_a_custom_search_space_module_with_hyphens_is_the_file_next_to_the_script(
+        tmp_path, monkeypatch):
+    (tmp_path / "custom-space.py").write_text("def configure(cfg, trial):\n    return 42\n")
+    monkeypatch.setattr("sys.argv", [str(tmp_path / "app.py")])
+    for path in ("custom-space.configure", ".custom-space.configure"):
+        checked = SweeperSettings(custom_search_space=path).check()
+        assert checked.custom_fn(None, None) == 42
+
+
+class _NamedError(ValueError):
+    def __init__(self, key, message):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def test_a_validators_error_that_names_its_key_is_shown_as_key_colon_message():
+    assert probe_message(_NamedError("a.b c", "too big"), {}, None) == "a.b c: too big"
+    assert probe_message(ValueError("x: must be <= 1"), {}, None) == "x: must be <= 1"
+    assert probe_message(ValueError("bad thing"), {}, None) == "ValueError: bad thing"
+
+
+@pytest.mark.parametrize(("target", "needs"), [
+    ("optuna.samplers.GPSampler", ["torch", "scipy"]),
+    ("optuna.samplers.QMCSampler", ["scipy"]),
+])
+def test_a_sampler_whose_optional_packages_are_missing_is_refused_up_front(target, needs):
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if not missing:
+        check_component("sampler", {"_target_": target}, "sampler")
+        return
+    error = _error(check_component, "sampler", {"_target_": target}, "sampler")
+    assert error.setting == "sampler" and f"pip install {' '.join(missing)}" in error.message
 
 
 def test_good_settings_pass():

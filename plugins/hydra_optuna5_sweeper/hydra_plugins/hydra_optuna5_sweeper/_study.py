@@ -1,0 +1,164 @@
+"""The Optuna study of a sweep: its storage (in memory, an SQLAlchemy URL or a journal file),
+sampler and pruner, opening or resuming it, the heartbeat of its RUNNING trials and
+reclaiming the trials of dead processes (``_StudyMixin``, a base class of ``OptunaSweeper``).
+"""
+# typing.Optional/List/Dict throughout, not `X | None` / `list[...]`: see optuna_sweeper's
+# module docstring.
+# ruff: noqa: UP006, UP035, UP045
+
+import logging
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from hydra_plugins.hydra_optuna5_sweeper._space import grid_choices
+from hydra_plugins.hydra_optuna5_sweeper._util import error_text
+
+log = logging.getLogger("hydra_plugins.hydra_optuna5_sweeper.optuna_sweeper")
+
+
+class _StudyError(Exception):
+    """The stored study does not fit the config (other directions, say)."""
+
+
+class _StudyMixin:
+    """Study and storage methods of ``OptunaSweeper`` (uses its settings)."""
+
+    def _storage(self) -> Tuple[Any, Optional[str], Any]:
+        """(storage for create_study, the URL the jobs get, the heartbeat-capable RDB)."""
+        import optuna
+
+        s = self.settings
+        url = s.storage
+        if url is None:
+            return None, None, None
+        if "://" not in url:  # an Optuna journal file
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url).absolute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if s.heartbeat_interval:
+                log.warning("journal storage %s has no heartbeats: a killed sweep leaves its "
+                            "running trials RUNNING", path)
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            return storage, str(path), None
+        engine_kwargs = None
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            # Absolute, so a job that changes its working directory still finds the study.
+            path = path if path.is_absolute() else path.absolute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
+            # Jobs report intermediate values to the same file while the heartbeat writes:
+            # wait for the lock instead of failing with "database is locked".
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental" since 2.9
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
+                grace_period=s.grace_period)
+        return storage, url, storage if s.heartbeat_interval else None
+
+    def _sampler(self, n_existing: int, distributions: Dict[str, Any]) -> Any:
+        """The configured sampler. A resumed study reseeds it (seed + trials so far): with the
+        first seed it would replay the random start-up points the study already has."""
+        from hydra.utils import instantiate
+
+        cfg = dict(self.settings.sampler or {"_target_": "optuna.samplers.TPESampler"})
+        if n_existing and cfg.get("seed") is not None:
+            cfg["seed"] = int(cfg["seed"]) + n_existing
+        sampler = instantiate(cfg)
+        if self.is_grid:  # a partial: the grid comes from the search space
+            sampler = sampler({name: grid_choices(dist) for name, dist in distributions.items()})
+        return sampler
+
+    def _pruner(self) -> Any:
+        import optuna
+        from hydra.utils import instantiate
+
+        cfg = self.settings.pruner
+        return instantiate(cfg) if cfg else optuna.pruners.NopPruner()
+
+    def _open_study(self, study_name: str, distributions: Dict[str, Any]
+                    ) -> Tuple[Any, Optional[str], Any]:
+        """(study, storage URL for the jobs, RDB storage to beat on or None).
+
+        Raises:
+            _StudyError: the stored study cannot be resumed with this config.
+        """
+        import optuna
+
+        storage, url, rdb = self._storage()
+        directions = self.checked.directions
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage,
+                                        sampler=self._sampler(0, distributions),
+                                        pruner=self._pruner(), directions=directions,
+                                        load_if_exists=True)
+        except ValueError as err:  # e.g. the stored study has other directions
+            raise _StudyError(f"study {study_name} in {url}: {err}") from None
+        stored = [d.name.lower() for d in study.directions]
+        if stored != directions:
+            raise _StudyError(f"study {study_name} in {url} has directions {stored}, the "
+                              f"config asks for {directions}")
+        n_existing = len(study.get_trials(deepcopy=False))
+        if n_existing:
+            study.sampler = self._sampler(n_existing, distributions)
+        if self.checked.objective_names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental API
+                study.set_metric_names(self.checked.objective_names)
+        return study, url, rdb
+
+    def _reclaim_stale(self, study: Any) -> None:
+        """Fail trials whose process died (no heartbeat for ``grace_period`` seconds)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if self.rdb is None:
+            return
+        running = [t.number for t in study.get_trials(deepcopy=False,
+                                                       states=(TrialState.RUNNING,))]
+        if not running:
+            return
+        optuna.storages.fail_stale_trials(study)
+        now_failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if t.number in running]
+        if now_failed:
+            print(f"[optuna] reclaimed trial(s) {', '.join(map(str, now_failed))}: RUNNING "
+                  f"without a heartbeat for over "
+                  f"{self.settings.grace_period or 'twice the interval'} s (their process "
+                  f"died), now FAIL", flush=True)
+
+
+class _Heartbeat:
+    """Records the heartbeat of a batch's RUNNING trials while their jobs run.
+
+    Optuna beats only inside ``Study.optimize``; an ask-and-tell loop has to do it itself.
+    """
+
+    def __init__(self, storage: Any, trial_ids: Sequence[int], interval: int) -> None:
+        self._storage = storage
+        self._ids = list(trial_ids)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self._ids:
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception as err:  # a busy database must not end the beat
+                    log.warning("heartbeat of trial id %d: %s", trial_id, error_text(err))
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
