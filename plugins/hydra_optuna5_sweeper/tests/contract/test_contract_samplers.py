@@ -75,8 +75,11 @@ UPSTREAM_SWEEPER_DEFAULTS = {
 
 
 def skip_without(has_module: Any, sampler: str) -> None:
-    if sampler == "cmaes" and not has_module("cmaes"):
-        pytest.skip("CmaEsSampler needs the optional `cmaes` package, absent from the app's Python")
+    needs = {"cmaes": ("cmaes",), "gp": ("torch", "scipy"), "qmc": ("scipy",)}
+    missing = [m for m in needs.get(sampler, ()) if not has_module(m)]
+    if missing:
+        pytest.skip(f"Optuna's {sampler} sampler needs {', '.join(missing)}, absent from the "
+                    f"app's Python (make test-sweeper runs it with tinyexp's)")
 
 
 def check_sphere_jobs(run: Any, n_trials: int) -> list[Any]:
