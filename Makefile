@@ -1,5 +1,6 @@
 # make run   - set up .venv (CPU torch first) and run the default experiment
-# make test  - set up .venv and run the fast test tier (make test-slow: the slow tier)
+# make test  - set up .venv and run the fast test tier (make test-slow: the slow tier;
+#              make test-distributed: workers against PostgreSQL and an MLflow server)
 # make test-sweeper - the Optuna sweeper's own tests (plugins/hydra_optuna5_sweeper) in a venv
 #              without torch or tinyexp (.venv-sweeper)
 # make mutation - mutmut over the core modules against the fast in-process tests (long: see README)
@@ -14,7 +15,7 @@ SWEEPER_VENV ?= .venv-sweeper
 SWEEPER_PY := $(abspath $(SWEEPER_VENV))/bin/python
 SWEEPER_STAMP := $(SWEEPER_VENV)/.sweeper-installed
 
-.PHONY: setup run test test-slow test-sweeper test-browser lint clean
+.PHONY: setup run test test-slow test-distributed test-sweeper test-browser lint clean
 
 setup: $(STAMP)
 
@@ -45,6 +46,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+# Search workers sharing a PostgreSQL study and an MLflow server (tests/servers.py starts both
+# and deletes them after); needs PostgreSQL's initdb/pg_ctl (Debian: postgresql).
+test-distributed: $(STAMP)
+	$(PY) -m pytest -q -m distributed -s $(ARGS)
 
 # The sweeper is a distribution of its own: its tests (unit and contract) run where only it and
 # its test extra are installed, so an import of torch or tinyexp in it cannot go unnoticed.

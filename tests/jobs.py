@@ -48,9 +48,12 @@ JOB = ["trainer=smoke", "dataset.train_steps=640", "dataset.test_steps=640", "pr
 def start_job(cwd: Path, name: str, args: list[str] | tuple = (), env: dict | None = None,
               cache: str = "cache") -> subprocess.Popen:
     """``python -m tinyexp JOB ARGS cache_dir=CACHE`` in ``cwd``, in the folder ``cwd/name``;
-    its console goes to ``cwd/name.out``."""
+    its console goes to ``cwd/name.out``. The job computes on one thread, as the tests' own
+    process does (``single_thread``): a training split across threads sums in another order, so
+    a job's weights could only be compared with the test's bit for bit on one thread."""
     full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "CI": "1",
-                "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **(env or {})}
+                "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
+                **(env or {})}
     with open(cwd / f"{name}.out", "w") as out:
         return subprocess.Popen([sys.executable, "-m", "tinyexp", *JOB, *args,
                                  f"cache_dir={cache}", f"hydra.run.dir={name}"], cwd=cwd,

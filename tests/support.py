@@ -11,6 +11,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SKAB_DIR = Path(os.environ.get("TINYEXP_SKAB_DIR", ROOT.parent / "shared" / "data" / "skab"))
 
+
+def _int8_saturates() -> bool:
+    """ONNX Runtime's int8 kernels on an x86 CPU without VNNI (AVX2 only) multiply u8 by s8
+    with 16-bit saturation (ONNX Runtime's quantization docs; hence its ``reduce_range``), so
+    an int8 model's outputs there stray further from float than the file's arithmetic does.
+    Seen on an AMD EPYC with AVX2: dynamic int8 transformer outputs off by half their range."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "vnni" not in flags
+
+
+INT8_SATURATES = _int8_saturates()
+
 # A job small enough for the fast tier: a few batches, short series, short latency timing.
 TINY = [
     "trainer=smoke",

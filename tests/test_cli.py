@@ -91,6 +91,7 @@ def test_job_logs_one_finished_mlflow_run(one_job):
     assert "sensors-cnn-l1@0.5-none" in result.stdout  # the console table
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier (the fast tier stays under 10 minutes)
 def test_same_seed_gives_same_metrics(one_job, tmp_path):
     cwd, _ = one_job
     # A fresh cache: the baseline is trained again from scratch, not reloaded.
@@ -120,6 +121,7 @@ def test_sweep_groups_runs_and_trains_one_baseline(tmp_path):
                                                    "sensors-cnn-l1@0.75-none"}
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier (the fast tier stays under 10 minutes)
 def test_exception_inside_a_job_marks_its_run_failed(tmp_path):
     # A failure while running, not bad input: the training's callback raises on purpose.
     result = run_cli([*TINY, "callbacks.early_stopping._target_=failing_callback."
@@ -133,8 +135,9 @@ def test_exception_inside_a_job_marks_its_run_failed(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ["arch=lstm"],
-    ["arch=transformer"],
+    # ~15 s each: the LSTM and transformer in the slow tier (the fast tier stays under 10 min)
+    pytest.param(["arch=lstm"], marks=pytest.mark.slow),
+    pytest.param(["arch=transformer"], marks=pytest.mark.slow),
     ["dataset=digits", "arch=custom_cnn"],
 ], ids=["lstm", "transformer", "digits-custom_cnn"])
 def test_every_architecture_runs_end_to_end(tmp_path, args):
@@ -149,6 +152,7 @@ def test_every_architecture_runs_end_to_end(tmp_path, args):
     assert 0 <= metrics[f"pruned/{task_metric}"] <= 1
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier (the fast tier stays under 10 minutes)
 def test_quantized_stage_is_measured_on_the_runtime_artifact(tmp_path):
     result = run_cli([*TINY, "quant=int8", "hydra.run.dir=out", "cache_dir=cache"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -171,6 +175,7 @@ def test_quantized_stage_is_measured_on_the_runtime_artifact(tmp_path):
     assert runs[0].data.tags["tinyexp.quant_float_ops"] == "ConvTranspose x2"
 
 
+@pytest.mark.slow  # end to end, ~20 s: the slow tier (the fast tier stays under 10 minutes)
 def test_qat_reports_file_bytes_and_packed_weight_bytes(tmp_path):
     result = run_cli(["-m", *TINY, "quant=qat", "quant.epochs=1", "quant.weight_bits=4,8",
                       "logger=none", "cache_dir=cache", "hydra.sweep.dir=sweep"], tmp_path)

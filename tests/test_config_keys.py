@@ -281,7 +281,15 @@ def _id(case):
     return f"{selection}:{key}" if selection else key
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def _param(case):
+    # The TFLite Micro deployment and the calibration methods take 10-15 s a key: the slow tier
+    # checks them (the fast tier stays under 10 minutes).
+    selection, key = case
+    slow = selection.startswith("deploy=tflm") or key.endswith("calibrate_method")
+    return pytest.param(case, id=_id(case), marks=pytest.mark.slow if slow else ())
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_changing_a_key_changes_what_the_run_builds(case, tmp_path, monkeypatch):
     selection, key = case
     if "skab" in selection + " ".join(_context(selection)) and not SKAB_DIR.is_dir():

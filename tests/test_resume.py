@@ -191,6 +191,7 @@ def test_both_values_pass_the_checks_before_a_run(compose_cfg, tmp_path):
 # ----------------------------------------------------------------------------- real jobs
 
 
+@pytest.mark.slow  # end to end, ~10 s: the slow tier (the fast tier stays under 10 minutes)
 def test_a_job_killed_after_epoch_k_holding_the_lock_is_resumed_by_the_next(compose_cfg,
                                                                             tmp_path, caplog):
     # A real job, SIGKILLed as its third epoch starts, while it holds the baseline's lock; the

@@ -68,8 +68,14 @@ def pruning_callback(cfg: DictConfig, pruner=None) -> OptunaPruning | None:
     if pruner is None:
         return None
     import optuna
+    from hydra_plugins.hydra_optuna5_sweeper import storage_url
 
-    study = optuna.load_study(study_name=node.study_name, storage=node.storage, pruner=pruner)
+    # The URL comes without its password; storage_url puts it back from the environment.
+    storage = storage_url(node.storage)
+    if storage and storage.startswith(("postgresql", "mysql")):
+        # a database server restarted mid-training: a stale pooled connection is replaced
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+    study = optuna.load_study(study_name=node.study_name, storage=storage, pruner=pruner)
     if len(study.directions) > 1:
         return None  # Optuna prunes single-objective studies only
     return OptunaPruning(optuna.trial.Trial(study, int(node.trial_id)))

@@ -1,8 +1,9 @@
 """The MLflow parent run of an Optuna study: a callback of the sweeper
 (``hydra.sweeper.callbacks`` of ``hydra/sweeper: tinyexp_optuna``).
 
-At the start of the study it gets or creates the sweep's parent run (the jobs find the same
-parent through the sweep folder) and records its id on the study
+At the start of the study it gets or creates the study's parent run (found through the tracking
+server by its ``tinyexp.optuna.study`` tag: workers on several machines share it, and so do the
+jobs) and records its id on the study
 (``tinyexp.mlflow_parent_run_id``); at the end it logs the trial counts, the best trial (or
 the Pareto front) and the results files to it. Nothing happens with ``logger=none``.
 """
@@ -41,7 +42,8 @@ class MlflowStudyRun:
         if tracking is None:
             return
         self.parent_run_id = tracking.sweep_parent_run(sweeper.config, sweeper.sweep_dir,
-                                                       f"optuna {sweeper.study_name}")
+                                                       f"optuna {sweeper.study_name}",
+                                                       study=sweeper.study_name)
         if self.parent_run_id:
             study.set_user_attr("tinyexp.mlflow_parent_run_id", self.parent_run_id)
 

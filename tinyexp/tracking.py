@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tinyexp.files import atomic_write, file_lock
+from tinyexp import parents
+from tinyexp.files import file_lock
 from tinyexp.interrupts import deferred, interrupted_by, process_gone, process_start
 
 log = logging.getLogger(__name__)
@@ -126,25 +127,6 @@ def _experiment_id(client: Any, name: str) -> str:
         if experiment is None:  # not that: a real error
             raise
         return experiment.experiment_id
-
-
-def _sweep_parent(client: Any, experiment_id: str, sweep_dir: Path, name: str) -> str:
-    """The parent run of a multirun, created by its first job and found by the others.
-
-    Its id is kept in the sweep folder; a file lock keeps parallel jobs from creating two.
-    """
-    id_file = sweep_dir / ".mlflow_parent_run_id"
-    with file_lock(sweep_dir / ".mlflow_parent.lock"):
-        if id_file.exists():
-            return id_file.read_text().strip()
-        # The parent only groups its children; closing it now means no crash can leave it open.
-        with deferred():
-            run = client.create_run(experiment_id, run_name=name, tags={
-                "tinyexp.role": "sweep", "tinyexp.sweep": sweep_dir.name,
-                "tinyexp.sweep_dir": str(sweep_dir.resolve()), **process_tags()})
-            client.set_terminated(run.info.run_id, "FINISHED")
-            atomic_write(id_file, run.info.run_id)
-        return run.info.run_id
 
 
 def _client(cfg: DictConfig) -> Any:
@@ -252,18 +234,24 @@ def _reap_quietly(client: Any) -> None:
         log.warning("could not check for runs left RUNNING: %r", err)
 
 
-def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str) -> str | None:
-    """Get or create the parent run of a sweep or study (None when ``logger=none``).
+def sweep_parent_run(cfg: DictConfig, sweep_dir: Path, name: str,
+                     study: str | None = None) -> str | None:
+    """Get or create the parent run of a sweep, or of the Optuna study named ``study`` (None
+    when ``logger=none``).
 
     A sweeper calls this before its first job so the experiment and the parent exist up
-    front; the jobs then find the same parent through the sweep folder.
+    front; the jobs then find the same parent: a sweep's through the sweep folder, a study's
+    through the tracking server (:mod:`tinyexp.parents`).
     """
     if cfg.logger.name != "mlflow":
         return None
     client = _client(cfg)
     _reap_quietly(client)
     experiment_id = _experiment_id(client, cfg.logger.experiment_name)
-    return _sweep_parent(client, experiment_id, Path(sweep_dir), name)
+    if study:
+        return parents.study_parent(client, experiment_id, study, Path(sweep_dir), name,
+                                    process_tags())
+    return parents.sweep_parent(client, experiment_id, Path(sweep_dir), name, process_tags())
 
 
 def log_to_run(cfg: DictConfig, run_id: str, metrics: dict[str, float] | None = None,
@@ -308,8 +296,14 @@ def job_run(cfg: DictConfig, run_name: str, tags: dict[str, str],
     tags = {**tags, **process_tags()}
     if sweep_dir is not None:
         tags["tinyexp.sweep"] = sweep_dir.name
-        tags["mlflow.parentRunId"] = _sweep_parent(
-            client, experiment_id, sweep_dir, f"sweep {sweep_dir.parent.name}/{sweep_dir.name}")
+        # a trial of an Optuna study: the study's parent, wherever its sweeper runs
+        study = OmegaConf.select(cfg, "optuna.study_name", default=None) \
+            if OmegaConf.select(cfg, "optuna.trial_id", default=None) is not None else None
+        tags["mlflow.parentRunId"] = parents.study_parent(
+            client, experiment_id, study, sweep_dir, f"optuna {study}", process_tags()) \
+            if study else parents.sweep_parent(
+            client, experiment_id, sweep_dir, f"sweep {sweep_dir.parent.name}/{sweep_dir.name}",
+            process_tags())
     tracker = None
     try:
         with deferred():  # a signal now is raised once the run exists and this try holds it

@@ -34,6 +34,7 @@ def test_write_layer_report_writes_csv_and_png_and_prints_the_table(tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in files]
 
 
+@pytest.mark.slow  # ~20 s: the slow tier (the fast tier stays under 10 minutes)
 def test_layer_analysis_writes_its_plot_and_logs_drops_per_group(tmp_path, is_png):
     result = run_cli([*TINY, "analysis=layers", "analysis.ratios=[0.25,0.5]", "hydra.run.dir=out",
                       "cache_dir=cache"], tmp_path)

@@ -256,6 +256,7 @@ def test_bad_search_fails_before_any_trial(app, tmp_path, overrides, message):
     assert _calls(tmp_path) == [] and not (tmp_path / "sweep" / "optuna.db").exists()
 
 
+@pytest.mark.slow  # ~12 s: the slow tier (the fast tier stays under 10 minutes)
 def test_two_objectives_give_the_feasible_pareto_front(app, tmp_path):
     result = app("big_on=[1]", "hydra/sweeper/sampler=nsgaii", "hydra/sweeper/pruner=nop",
                  "hydra.sweeper.sampler.population_size=2", "hydra.sweeper.n_trials=4",

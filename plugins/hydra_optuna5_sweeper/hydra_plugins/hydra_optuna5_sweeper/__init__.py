@@ -2,14 +2,15 @@
 hydra-optuna-sweeper (``hydra/sweeper: optuna``, or ``optuna5`` next to it) with pruning,
 constraints, resuming, and jobs that return a ``JobResult``.
 
-The public names load on first use (``redact`` is standard library only, so an app can put it
-in front of its output before importing Hydra); Hydra's plugin scan imports ``optuna_sweeper``,
+The public names load on first use (``redact`` and ``storage_url`` are standard library only:
+an app can use them before importing Hydra); Hydra's plugin scan imports ``optuna_sweeper``,
 which registers the configs.
 """
 
 from typing import Any
 
 from hydra_plugins.hydra_optuna5_sweeper._util import redact as redact
+from hydra_plugins.hydra_optuna5_sweeper._util import storage_url as storage_url
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,7 @@ _WHERE = {
     "OptunaSweeper": "optuna_sweeper",
 }
 
-__all__ = sorted([*_WHERE, "redact"])
+__all__ = sorted([*_WHERE, "redact", "storage_url"])
 
 
 def __getattr__(name: str) -> Any:

@@ -6,11 +6,13 @@ reclaiming the trials of dead processes (``_StudyMixin``, a base class of ``Optu
 # module docstring.
 # ruff: noqa: UP006, UP035, UP045
 
+import contextlib
+import hashlib
 import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from hydra_plugins.hydra_optuna5_sweeper._space import grid_choices
 from hydra_plugins.hydra_optuna5_sweeper._util import error_text
@@ -43,7 +45,9 @@ class _StudyMixin:
                             "running trials RUNNING", path)
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
             return storage, str(path), None
-        engine_kwargs = None
+        # A database server that restarted: a pooled connection is checked before use, and
+        # replaced, instead of failing the next query.
+        engine_kwargs: Optional[Dict[str, Any]] = {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
             path = Path(url[len("sqlite:///"):])
             # Absolute, so a job that changes its working directory still finds the study.
@@ -58,6 +62,7 @@ class _StudyMixin:
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
                 grace_period=s.grace_period)
+        self.rdb_storage = storage
         return storage, url, storage if s.heartbeat_interval else None
 
     def _sampler(self, n_existing: int, distributions: Dict[str, Any]) -> Any:
@@ -105,11 +110,59 @@ class _StudyMixin:
         n_existing = len(study.get_trials(deepcopy=False))
         if n_existing:
             study.sampler = self._sampler(n_existing, distributions)
+        self.n_seen = n_existing
         if self.checked.objective_names:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental API
                 study.set_metric_names(self.checked.objective_names)
         return study, url, rdb
+
+    @contextlib.contextmanager
+    def _study_lock(self) -> Iterator[None]:
+        """Held by one process at a time among those sharing the study's storage: counting
+        the study's trials and asking new ones under it, workers reach ``n_trials`` exactly.
+
+        PostgreSQL: an advisory lock (keyed by the study's name) on a connection of its own;
+        MySQL: ``GET_LOCK``; SQLite and journal files: a lock file beside them (one machine);
+        in memory: nothing to share.
+        """
+        url = self.settings.storage
+        key = hashlib.sha256(f"hydra-optuna5-sweeper:{self.study_name}".encode()).digest()
+        if not url:
+            yield
+        elif url.startswith(("postgresql", "mysql")):
+            from sqlalchemy import text
+
+            pg = url.startswith("postgresql")
+            number = int.from_bytes(key[:8], "big", signed=True)
+            lock, unlock = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)")
+                            if pg else ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
+            arg = {"k": number if pg else key.hex()[:60]}
+            with self.rdb_storage.engine.connect() as conn:
+                conn.execute(text(lock), arg)
+                try:
+                    yield
+                finally:
+                    conn.execute(text(unlock), arg)
+        else:
+            import fcntl
+
+            path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+            with open(f"{path.absolute()}.{key.hex()[:12]}.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _reseed_if_shared(self, study: Any, distributions: Dict[str, Any]) -> None:
+        """Trials this process did not ask for appeared (other workers share the study): reseed
+        the sampler (seed + trials so far), or workers seeded alike would all draw the same
+        points. A study with one worker is never reseeded here, so it stays reproducible."""
+        n = len(study.get_trials(deepcopy=False))
+        if n != self.n_seen:
+            study.sampler = self._sampler(n, distributions)
+            self.n_seen = n
 
     def _reclaim_stale(self, study: Any) -> None:
         """Fail trials whose process died (no heartbeat for ``grace_period`` seconds)."""

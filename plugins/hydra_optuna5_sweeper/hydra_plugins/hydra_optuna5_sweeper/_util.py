@@ -10,7 +10,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 # scheme://user:password@  ->  the password is everything between the first ':' after the
 # scheme's '//' and the last '@' before the host (passwords may hold '@' or ':').
@@ -21,6 +21,37 @@ _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)"
 def redact(text: str) -> str:
     """``text`` with every URL's password replaced by ``***`` (``user:***@host``)."""
     return _CREDENTIALS.sub(lambda m: f"{m['head']}***@", text)
+
+
+# The password of the study's storage, for the jobs: they get the URL without it.
+PASSWORD_ENV = "OPTUNA5_SWEEPER_STORAGE_PASSWORD"
+
+
+def split_password(url: str) -> Tuple[str, Optional[str]]:
+    """``(url without its password, the password or None)``: ``user:pw@host`` -> ``user@host``."""
+    match = _CREDENTIALS.search(url)
+    if match is None:
+        return url, None
+    start, end = match.span()
+    return url[:start] + match["head"][:-1] + "@" + url[end:], match["secret"]
+
+
+def storage_url(url: Optional[str]) -> Optional[str]:
+    """The storage URL a job got from the sweeper (``trial_node``'s ``storage``), with the
+    password put back from the environment (``OPTUNA5_SWEEPER_STORAGE_PASSWORD``, set by the
+    sweeper when the configured URL had one); any other URL as it is.
+
+    The sweeper hands its jobs the URL without the password, so that no job config, override
+    or log holds it: open the study with ``optuna.load_study(storage=storage_url(...))``.
+    """
+    password = os.environ.get(PASSWORD_ENV)
+    if not url or not password or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    userinfo, at, host = rest.partition("@")
+    if not at or ":" in userinfo or "/" in userinfo:
+        return url  # no user, or a password already
+    return f"{scheme}://{userinfo}:{password}@{host}"
 
 
 def error_text(err: BaseException) -> str:

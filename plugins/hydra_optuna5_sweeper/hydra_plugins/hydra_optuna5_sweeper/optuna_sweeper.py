@@ -32,44 +32,43 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # Importing _config registers the sweeper, samplers and pruners in Hydra's ConfigStore.
 from hydra_plugins.hydra_optuna5_sweeper import _config  # noqa: F401
-from hydra_plugins.hydra_optuna5_sweeper._checks import (
-    _SettingsError,
-    check_study_name,
-    probe_message,
-    user_key,
-)
 from hydra_plugins.hydra_optuna5_sweeper._outputs import _OutputsMixin
+from hydra_plugins.hydra_optuna5_sweeper._prepare import _PrepareMixin
 from hydra_plugins.hydra_optuna5_sweeper._settings import Checked, SweeperSettings
-from hydra_plugins.hydra_optuna5_sweeper._space import (
-    SearchSpace,
-    SpaceError,
-    build_search_space,
-    collect_params,
-    grid_choices,
-)
+from hydra_plugins.hydra_optuna5_sweeper._space import SearchSpace
 from hydra_plugins.hydra_optuna5_sweeper._study import _Heartbeat, _StudyError, _StudyMixin
 from hydra_plugins.hydra_optuna5_sweeper._tell import _TellMixin
-from hydra_plugins.hydra_optuna5_sweeper._util import _consecutive, _RedactLog, error_text, redact
+from hydra_plugins.hydra_optuna5_sweeper._util import (
+    PASSWORD_ENV,
+    _consecutive,
+    _RedactLog,
+    error_text,
+    redact,
+    split_password,
+)
 
 log = logging.getLogger(__name__)
 
 # OPTUNA5_SWEEPER_DEBUG=1: a bad setting's error line comes after its traceback.
 DEBUG_ENV = "OPTUNA5_SWEEPER_DEBUG"
+# seconds between looks at the study while the trials still missing run in other processes
+WAIT_SECONDS = 2.0
 
 
-class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
+class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
     """Hydra sweeper running an Optuna study with ask-and-tell (see the module docstring).
 
     Args:
@@ -87,7 +86,10 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
         self.storage_used: Optional[str] = None
         self.n_trials: int = 0
         self.is_grid = False
-        self.rdb: Any = None
+        self.rdb: Any = None  # the RDB storage to beat on (heartbeats on), else None
+        self.rdb_storage: Any = None  # the RDB storage, heartbeats or not
+        self.bare_storage: Optional[str] = None  # the storage URL without its password
+        self.n_seen = 0  # trials in the study after this process last asked
         self.run_trials: List[int] = []
         self._batch_failures = self._batch_size = 0
         self.job_idx = 0
@@ -103,11 +105,28 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         # Unresolved, to name the key a setting came from (`n_trials: ${search.n_trials}`).
         self.raw_settings = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        self._hide_password(config)
         # The launcher logs every job's overrides, a storage URL among them: no password.
         for name in (type(self.launcher).__module__, __name__):
             logger = logging.getLogger(name)
             if not any(isinstance(f, _RedactLog) for f in logger.filters):
                 logger.addFilter(_RedactLog())
+
+    def _hide_password(self, config: DictConfig) -> None:
+        """A storage URL with a password: the password goes to the jobs through the
+        environment (``storage_url`` puts it back), and the configs Hydra saves in every job
+        folder (``hydra.sweeper.storage``, the command line's ``hydra.overrides.hydra``) get
+        the URL without it. The sweeper itself keeps the whole URL."""
+        url = self.settings.storage
+        bare, password = split_password(url) if isinstance(url, str) else (url, None)
+        if password is None:
+            return
+        os.environ[PASSWORD_ENV] = password
+        self.bare_storage = bare
+        with read_write(config), open_dict(config):
+            config.hydra.sweeper.storage = bare
+            config.hydra.overrides.hydra = [split_password(str(o))[0]
+                                            for o in config.hydra.overrides.hydra]
 
     # ------------------------------------------------------------------ errors
 
@@ -125,76 +144,6 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
             print(redact("".join(traceback.format_exception(err))), file=sys.stderr, end="")
         print(redact(f"{self.app_name}: error: {message}"), file=sys.stderr, flush=True)
         sys.exit(2)
-
-    # ------------------------------------------------------------------ before running
-
-    def _group_options(self, group: str) -> List[str]:
-        try:
-            return list(self.hydra_context.config_loader.get_group_options(group))
-        except Exception:  # a group from a plugin's ConfigStore, say: do not guess
-            return []
-
-    def _check_job(self, overrides: Sequence[str]) -> Optional[Exception]:
-        """Compose one job's config and validate it; the error, or None."""
-        try:
-            job_cfg = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides))
-            if self.checked.validate_fn is not None:
-                self.checked.validate_fn(job_cfg)
-        except Exception as err:
-            return err
-        return None
-
-    def _probe(self, space: SearchSpace, handover: List[str]) -> None:
-        """Validate the corners of the search space before anything runs: every choice of a
-        categorical and both ends of a range, the other parameters at their first value. A
-        search space that names a missing option or an out-of-range value stops here."""
-        def first(dist: Any) -> Any:
-            return dist.choices[0] if hasattr(dist, "choices") else dist.low
-
-        def corners(dist: Any) -> List[Any]:
-            return list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
-
-        base = {name: first(dist) for name, dist in space.distributions.items()}
-        points = [(None, base)] + [(name, {**base, name: value})
-                                   for name, dist in space.distributions.items()
-                                   for value in corners(dist) if value != base[name]]
-        for varied, point in points:
-            err = self._check_job(space.overrides(point) + handover)
-            if err is not None:
-                where = " ".join(space.overrides(point)) or "(defaults)"
-                self._fail(f"{probe_message(err, point, varied)} [in search space point: "
-                           f"{where}]", err)
-
-    def _prepare(self, arguments: List[str]) -> SearchSpace:
-        """Check the settings and build the search space, or fail with exit status 2."""
-        s = self.settings
-        try:
-            self.checked = s.check()
-            self.study_name = check_study_name(s.study_name) or self.sweep_dir.name
-            choices = OmegaConf.select(self.config, "hydra.runtime.choices", default=None)
-            params, origins = collect_params(s.params, s.group_params, choices or {},
-                                             self._group_options)
-            space = build_search_space(params, arguments, self.hydra_context.config_loader,
-                                       origins)
-            target = str((s.sampler or {}).get("_target_", ""))
-            self.is_grid = target == "optuna.samplers.GridSampler"
-            self.n_trials = s.n_trials
-            if self.is_grid:
-                size = 1
-                for name, dist in space.distributions.items():
-                    try:
-                        size *= len(grid_choices(dist))
-                    except ValueError as err:
-                        raise SpaceError(name, str(err)) from None
-                # As hydra-optuna-sweeper: no more trials than grid points.
-                self.n_trials = min(self.n_trials, size)
-                log.info(f"Updating num of trials to {self.n_trials} due to using GridSampler.")
-        except _SettingsError as err:
-            self._fail(f"{user_key(self.raw_settings, err.setting)}: {err.message}")
-        except SpaceError as err:
-            self._fail(str(err))
-        return space
 
     # ------------------------------------------------------------------ the loop
 
@@ -215,12 +164,14 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
             self._fail(str(err))
         # The results file, the callbacks and the console get the URL without its password.
         self.storage_used = redact(url) if url else None
+        job_url = split_password(url)[0] if url else None  # the password: PASSWORD_ENV
         # hydra-optuna-sweeper's log lines
         log.info(f"Study name: {study.study_name}")
         log.info(f"Storage: {self.storage_used}")
         log.info(f"Sampler: {type(study.sampler).__name__}")
         log.info(f"Directions: {self.checked.directions}")
-        self._hooks("on_study_start", study)
+        with self._study_lock():  # workers sharing the storage start it one at a time
+            self._hooks("on_study_start", study)
         self._reclaim_stale(study)
         done = self._n_done(study)
         where = redact(url) if url else "memory"
@@ -234,7 +185,7 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
                   f"{names}) in {where}: {self.n_trials} trials to run"
                   f"{f' ({done} finished before)' if done else ''}", flush=True)
 
-        in_a_row, stop_error = self._loop(study, space, url, plus)
+        in_a_row, stop_error = self._loop(study, space, job_url, plus)
         if stop_error is not None:
             # As hydra-optuna-sweeper: the failed job's error ends the sweep, no results file.
             log.error("Failed %d times out of %d with max_failure_rate=%s.",
@@ -257,18 +208,36 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
               ) -> Tuple[int, Optional[BaseException]]:
         """Run batches until done; (failed trials in a row, the error that stops it)."""
         s = self.settings
-        in_a_row, asked = 0, 0
+        in_a_row, asked, waited = 0, 0, False
         while True:
             self._reclaim_stale(study)
-            left = self.n_trials - (self._n_done(study) if s.resume_to_total else asked)
-            if left <= 0 or (s.max_failures is not None and in_a_row >= s.max_failures):
+            if s.max_failures is not None and in_a_row >= s.max_failures:
                 return in_a_row, None
-            trials = []
-            with warnings.catch_warnings():
-                # "Heartbeat ... supposed to be used with Study.optimize": we beat ourselves.
-                warnings.simplefilter("ignore")
-                for _ in range(min(s.n_jobs, left)):
-                    trials.append(study.ask(space.distributions))
+            # Counted and asked under the study's lock: workers sharing the storage see each
+            # other's trials, so n_trials is reached exactly, never overshot.
+            with self._study_lock():
+                done = self._n_done(study) if s.resume_to_total else asked
+                if done >= self.n_trials:
+                    return in_a_row, None
+                # RUNNING trials of other workers count while their process lives (with
+                # heartbeats a dead one's are failed after grace_period, then rerun here).
+                running = self._n_running(study) if s.resume_to_total and self.rdb else 0
+                self._reseed_if_shared(study, space.distributions)
+                trials = []
+                with warnings.catch_warnings():
+                    # "Heartbeat ... supposed to be used with Study.optimize": we beat ourselves.
+                    warnings.simplefilter("ignore")
+                    for _ in range(min(s.n_jobs, self.n_trials - done - running)):
+                        trials.append(study.ask(space.distributions))
+            if not trials:
+                if not waited:
+                    print(f"[optuna] {done}/{self.n_trials} finished, {running} running in "
+                          f"other processes: waiting for them", flush=True)
+                waited = True
+                time.sleep(WAIT_SECONDS)
+                continue
+            waited = False
+            self.n_seen += len(trials)
             asked += len(trials)
             self.run_trials += [t.number for t in trials]
             errors = self._batch(study, space, trials, url, plus)
@@ -348,6 +317,11 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
         return len(study.get_trials(deepcopy=False,
                                     states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
+    def _n_running(self, study: Any) -> int:
+        from optuna.trial import TrialState
+
+        return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def _progress_count(self, study: Any) -> str:
         """``finished/n_trials``: in the study (resume_to_total) or of this run."""
         if self.settings.resume_to_total:
@@ -361,15 +335,18 @@ class OptunaSweeper(_StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
                   ) -> List[str]:
         """With ``trial_node``: the overrides that tell a job which trial it runs."""
         node = self.settings.trial_node
-        if not node:
-            return []
 
         def quoted(text: Optional[str]) -> str:
             if text is None:
                 return "null"
             return QuotedString(text=text, quote=Quote.single).with_quotes()
 
-        return [f"{plus}{node}.study_name={quoted(self.study_name)}",
-                f"{plus}{node}.storage={quoted(url)}",
-                f"{plus}{node}.trial_id={trial_id}",
-                f"{plus}{node}.trial_number={number}"]
+        # a URL with a password given in a config file: the job's saved config gets it bare
+        hidden = [f"hydra.sweeper.storage={quoted(self.bare_storage)}"] \
+            if self.bare_storage else []
+        if not node:
+            return hidden
+        return hidden + [f"{plus}{node}.study_name={quoted(self.study_name)}",
+                         f"{plus}{node}.storage={quoted(url)}",
+                         f"{plus}{node}.trial_id={trial_id}",
+                         f"{plus}{node}.trial_number={number}"]
