@@ -270,3 +270,45 @@ def _paths_under(source: Path, context: Path) -> list[str]:
         return [source.relative_to(context).as_posix()]
     return [p.relative_to(context).as_posix() for p in source.rglob("*")
             if p.is_file() and "__pycache__" not in p.parts]
+
+
+# ----------------------------------------------------------------------------- the README
+
+
+def _readme_scale_out() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Scale out")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readme_scale_out_section_matches_the_compose_file():
+    section = _readme_scale_out()
+    # the command it shows is the one the compose file's header gives
+    (up,) = [line.split("#")[0].strip() for line in section.splitlines()
+             if line.startswith("docker compose ")]
+    assert "--scale worker=4" in up
+    assert up.replace("--scale worker=4", "--scale worker=") in \
+        COMPOSE_FILE.read_text().replace("--scale worker=4", "--scale worker=")
+    # every service, volume and mount folder it names is in the file, every service is named
+    services = _services()
+    named = set(re.findall(r"`([a-z-]+)` \(", section)) | (
+        {"worker"} if "`worker`" in section else set())
+    assert named == set(services), named
+    assert {v for v in ("mlartifacts", "pgdata", "runs", "locks") if f"`{v}`" in section} <= \
+        set(_compose()["volumes"])
+    mounts = {m.split(":")[1] for m in services["worker"]["volumes"]}
+    assert {"/runs", "/locks"} <= mounts and "`/runs`" in section and "`/locks`" in section
+    assert "PGPASSWORD" in section and "POSTGRES_PASSWORD" in section
+
+
+def test_the_readme_validation_command_runs_and_says_valid():
+    import subprocess
+    import sys
+
+    (line,) = [line for line in _readme_scale_out().splitlines()
+               if line.startswith(".venv/bin/python -c")]
+    code = shlex.split(line)[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "docker/compose.yaml: valid"
