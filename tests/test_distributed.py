@@ -65,7 +65,8 @@ def start_worker(cwd: Path, name: str, servers, study: str, n_trials: int,
         return subprocess.Popen(
             [sys.executable, "-m", "tinyexp", *SEARCH, f"search.n_trials={n_trials}",
              f"hydra.sweeper.study_name={study}", f"hydra.sweeper.storage='{url}'",
-             f"logger.experiment_name={study}", f"hydra.sweep.dir={name}", *args],
+             *([] if "logger=none" in args else [f"logger.experiment_name={study}"]),
+             f"hydra.sweep.dir={name}", *args],
             cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -109,6 +110,13 @@ def check_runs(servers, study_name: str, study) -> tuple:
                       if t.state.name == "COMPLETE")
     assert sorted(finished.elements()) == complete
     return client, parent, children
+
+
+def held(worker: subprocess.Popen, tmp_path: Path) -> None:
+    """Wait until the worker's first training is held at its start (jobs.GATE)."""
+    wait_until(lambda: any(tmp_path.glob("gate.started.*")) or worker.poll() is not None,
+               timeout=300)
+    assert worker.poll() is None, (tmp_path / "a" / "sweep.out").read_text()[-4000:]
 
 
 def job_folders(cwd: Path, name: str) -> set[int]:
@@ -198,7 +206,7 @@ def test_the_database_restarting_mid_search_loses_nothing(servers, tmp_path):
     gate = tmp_path / "gate"
     worker = start_worker(tmp_path / "a", "sweep", servers, name, n_trials,
                           env={GATE: str(gate)})
-    wait_until(lambda: any(tmp_path.glob("gate.started.*")), timeout=300)
+    held(worker, tmp_path)
     db.ctl("restart")  # the first trial's training is held at its start meanwhile
     gate.touch()
     code = worker.wait(600)
@@ -211,3 +219,32 @@ def test_the_database_restarting_mid_search_loses_nothing(servers, tmp_path):
     counts = states(load(servers, name))
     assert counts["COMPLETE"] + counts["PRUNED"] == n_trials and counts["RUNNING"] == 0, counts
     print(f"\n[distributed] {name}: worker exit {code}; {dict(counts)}")
+
+
+def test_a_database_that_stays_down_stops_the_worker_in_one_line_and_a_rerun_resumes(servers,
+                                                                                     tmp_path):
+    db, _ = servers
+    name, n_trials = "db-down", 2
+    # no MLflow here: the tracking server shares the database and would only retry
+    args = ("logger=none", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5")
+    gate = tmp_path / "gate"
+    worker = start_worker(tmp_path / "a", "sweep", servers, name, n_trials, args=args,
+                          env={GATE: str(gate)})
+    held(worker, tmp_path)
+    db.ctl("stop", "-m", "fast")  # the first trial's training is held at its start meanwhile
+    try:
+        gate.touch()
+        code = worker.wait(600)
+    finally:
+        db.ctl("start")
+    out = (tmp_path / "a" / "sweep.out").read_text()
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    assert code == 1, out[-4000:]
+    assert last.startswith("tinyexp: error: hydra.sweeper.storage: the study's database"), last
+    assert "rerun the same command to resume" in last and db.password not in out
+
+    rerun = start_worker(tmp_path / "a", "sweep", servers, name, n_trials, args=args)
+    finish(rerun, tmp_path / "a" / "sweep.out")
+    counts = states(load(servers, name))
+    assert counts["COMPLETE"] + counts["PRUNED"] == n_trials and counts["RUNNING"] == 0, counts
+    print(f"\n[distributed] {name}: worker exit {code}: {last}\n  rerun: {dict(counts)}")

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # Importing _config registers the sweeper, samplers and pruners in Hydra's ConfigStore.
 from hydra_plugins.hydra_optuna5_sweeper import _config  # noqa: F401
+from hydra_plugins.hydra_optuna5_sweeper._checks import _first_line
 from hydra_plugins.hydra_optuna5_sweeper._outputs import _OutputsMixin
 from hydra_plugins.hydra_optuna5_sweeper._prepare import _PrepareMixin
 from hydra_plugins.hydra_optuna5_sweeper._settings import Checked, SweeperSettings
@@ -66,6 +67,18 @@ log = logging.getLogger(__name__)
 DEBUG_ENV = "OPTUNA5_SWEEPER_DEBUG"
 # seconds between looks at the study while the trials still missing run in other processes
 WAIT_SECONDS = 2.0
+
+
+def _storage_error(err: BaseException) -> bool:
+    """The study's database failed (not the job, not a bug): Optuna's storage error, or
+    SQLAlchemy's error for a connection or an operation the database could not do."""
+    from optuna.exceptions import StorageInternalError
+
+    try:
+        from sqlalchemy.exc import DBAPIError
+    except ImportError:  # no RDB storage without SQLAlchemy
+        DBAPIError = StorageInternalError  # noqa: N806
+    return isinstance(err, (StorageInternalError, DBAPIError))
 
 
 class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
@@ -185,7 +198,18 @@ class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweep
                   f"{names}) in {where}: {self.n_trials} trials to run"
                   f"{f' ({done} finished before)' if done else ''}", flush=True)
 
-        in_a_row, stop_error = self._loop(study, space, job_url, plus)
+        try:
+            in_a_row, stop_error = self._loop(study, space, job_url, plus)
+        except Exception as err:
+            if not _storage_error(err):
+                raise
+            # The database went away for longer than a reconnect: one line; what finished is
+            # saved, and trials left RUNNING are reclaimed (heartbeats) when the search resumes.
+            print(redact(f"{self.app_name}: error: hydra.sweeper.storage: the study's database "
+                         f"({self.storage_used}) stopped answering: {_first_line(err)[:300]}; "
+                         f"finished trials are saved: rerun the same command to resume"),
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
         if stop_error is not None:
             # As hydra-optuna-sweeper: the failed job's error ends the sweep, no results file.
             log.error("Failed %d times out of %d with max_failure_rate=%s.",
@@ -296,7 +320,10 @@ class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweep
         except BaseException as err:
             for trial in trials:  # e.g. Ctrl-C: no trial of ours stays RUNNING
                 if trial.number not in told:
-                    self._tell_fail(study, trial, error_text(err), None)
+                    try:
+                        self._tell_fail(study, trial, error_text(err), None)
+                    except Exception:  # the database is gone: heartbeats reclaim it later
+                        log.warning("trial %d could not be marked FAIL", trial.number)
             raise
         finally:
             beat.__exit__(None, None, None)
