@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 APP = '''
 import json
+import time
 from pathlib import Path
 
 import hydra
@@ -50,6 +51,7 @@ def validate(cfg):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
+    time.sleep(cfg.get("sleep", 0))
     number = OmegaConf.select(cfg, "trial.trial_number")
     if number is not None and number in cfg.raise_on:
         raise RuntimeError(f"boom in trial {number}")
@@ -248,3 +250,27 @@ def test_the_package_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_workers_sharing_a_study_reach_n_trials_exactly_and_draw_different_points(app, tmp_path):
+    # Two processes on one SQLite study, as two workers: they count and ask trials under the
+    # study's lock (exactly n_trials, however their batches interleave), and the second reseeds
+    # its sampler on seeing the first's trials (else both would draw the same points).
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["hydra.sweeper.study_name=shared", f"hydra.sweeper.storage={storage}",
+              "hydra.sweeper.resume_to_total=true", "hydra.sweeper.n_trials=8",
+              "hydra.sweeper.n_jobs=1", "x=interval(0, 10)", "+sleep=0.3"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    workers = [subprocess.Popen([sys.executable, "app.py", "-m", *common,
+                                 f"hydra.sweep.dir=sweep_{name}"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name in "ab"]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    ran = [{int(p.name) for p in (tmp_path / f"sweep_{n}").iterdir() if p.name.isdigit()}
+           for n in "ab"]
+    assert all(ran) and not ran[0] & ran[1] and ran[0] | ran[1] == set(range(8)), ran
+    assert len({t.params["x"] for t in trials}) == 8
