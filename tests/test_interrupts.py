@@ -19,8 +19,7 @@ from tinyexp import interrupts, tracking
 from tinyexp.interrupts import Interrupted, deferred, handle_signals, interrupted_by
 
 # A job that trains until it is stopped: no early stop, epochs without end.
-ENDLESS = [*TINY, "trainer.max_epochs=1000000", "callbacks.early_stopping.patience=1000000",
-           "cache_dir=cache"]
+ENDLESS = [*TINY, "trainer.max_epochs=1000000", "callbacks.early_stopping.patience=1000000"]
 CURVE = "curves/baseline/val_loss"
 
 
@@ -41,7 +40,9 @@ def _start(cwd: Path, name: str) -> subprocess.Popen:
     # A child of a non-interactive shell may start with SIGINT ignored: restore it, as a
     # terminal would have it.
     return subprocess.Popen(
-        [sys.executable, "-m", "tinyexp", *ENDLESS], cwd=cwd, env=env,
+        # A cache of its own: jobs with one baseline key train it one at a time (the cache's
+        # per-key lock), and an endless training never hands it on.
+        [sys.executable, "-m", "tinyexp", *ENDLESS, f"cache_dir=cache-{name}"], cwd=cwd, env=env,
         stdout=(cwd / f"{name}.out").open("w"), stderr=(cwd / f"{name}.err").open("w"),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
