@@ -81,9 +81,13 @@ def test_latest_sweep_is_found_in_mlflow_and_reported_into_its_folder(sweep):
     (["--sweep", "no/such/folder"], "--sweep: "),
     (["--metric", "accuracy"], "--metric: "),
     (["--tag", "tinyexp.arch"], "--tag: "),
-    (["--experiment", "nothing-here"], "--experiment: no MLflow experiment"),
-    (["--tag", "tinyexp.arch=resnet"], "--tag: no finished tinyexp runs"),
-    (["--filter", "metrics.f1 >>> 3"], "--filter: MLflow rejects the filter"),
+    # ~4 s each (they reach the store): the slow tier (the fast tier stays under 10 minutes)
+    pytest.param(["--experiment", "nothing-here"], "--experiment: no MLflow experiment",
+                 marks=pytest.mark.slow),
+    pytest.param(["--tag", "tinyexp.arch=resnet"], "--tag: no finished tinyexp runs",
+                 marks=pytest.mark.slow),
+    pytest.param(["--filter", "metrics.f1 >>> 3"], "--filter: MLflow rejects the filter",
+                 marks=pytest.mark.slow),
     (["--tracking-uri", "bogus://x"], "--tracking-uri: "),
     (["--out", "/proc/report"], "--out: "),
 ])
