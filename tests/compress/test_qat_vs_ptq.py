@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from support import TINY, compose
+from support import INT8_SATURATES, TINY, compose
 
 from tinyexp import pipeline
 from tinyexp.compress.fold import unfolded_batchnorms
@@ -127,6 +127,10 @@ def _quantized(setup: str, quant: str, seed: int, tmp_path) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", SETUPS)
 def test_w8a8_qat_loses_no_more_than_int8_post_training(setup, tmp_path):
+    if INT8_SATURATES:
+        # Both artifacts are measured in ONNX Runtime, whose int8 kernels saturate on this CPU
+        # (x86 without VNNI): the comparison would rank the kernels' errors, not the methods.
+        pytest.skip("ONNX Runtime's int8 kernels saturate on x86 without VNNI")
     keys = ("f1", "roc_auc", "mse") if setup.startswith("sensors") else ("accuracy",)
     failures = []
     for seed in range(3):
