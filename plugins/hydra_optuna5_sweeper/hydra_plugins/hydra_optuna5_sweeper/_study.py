@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
@@ -22,6 +23,17 @@ log = logging.getLogger("hydra_plugins.hydra_optuna5_sweeper.optuna_sweeper")
 
 class _StudyError(Exception):
     """The stored study does not fit the config (other directions, say)."""
+
+
+def _database_error(err: BaseException) -> bool:
+    """An error of the database (SQLAlchemy's, or Optuna's storage error), not of the code."""
+    from optuna.exceptions import StorageInternalError
+
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:
+        return isinstance(err, StorageInternalError)
+    return isinstance(err, (StorageInternalError, SQLAlchemyError))
 
 
 class _StudyMixin:
@@ -57,11 +69,22 @@ class _StudyMixin:
             # Jobs report intermediate values to the same file while the heartbeat writes:
             # wait for the lock instead of failing with "database is locked".
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental" since 2.9
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
-                grace_period=s.grace_period)
+        # Workers starting together on a new database each create Optuna's tables; all but one
+        # collide (a duplicate alembic version row) while the first commits: try again.
+        for attempt in range(4):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # heartbeat_interval: "experimental"
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
+                        grace_period=s.grace_period)
+                break
+            except Exception as err:
+                if attempt == 3 or not _database_error(err):
+                    raise
+                log.info("creating the storage's tables collided (%s): trying again",
+                         error_text(err))
+                time.sleep(1 + attempt)
         self.rdb_storage = storage
         return storage, url, storage if s.heartbeat_interval else None
 
