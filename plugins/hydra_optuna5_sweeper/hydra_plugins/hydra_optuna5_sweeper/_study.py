@@ -26,14 +26,15 @@ class _StudyError(Exception):
 
 
 def _database_error(err: BaseException) -> bool:
-    """An error of the database (SQLAlchemy's, or Optuna's storage error), not of the code."""
+    """The study's database failed (not the job, not a bug): Optuna's storage error, or the
+    database driver's (through SQLAlchemy): a lost connection, a colliding insert."""
     from optuna.exceptions import StorageInternalError
 
     try:
-        from sqlalchemy.exc import SQLAlchemyError
-    except ImportError:
+        from sqlalchemy.exc import DBAPIError
+    except ImportError:  # no RDB storage without SQLAlchemy
         return isinstance(err, StorageInternalError)
-    return isinstance(err, (StorageInternalError, SQLAlchemyError))
+    return isinstance(err, (StorageInternalError, DBAPIError))
 
 
 class _StudyMixin:

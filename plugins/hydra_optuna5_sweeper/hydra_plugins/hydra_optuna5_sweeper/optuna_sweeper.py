@@ -50,7 +50,12 @@ from hydra_plugins.hydra_optuna5_sweeper._outputs import _OutputsMixin
 from hydra_plugins.hydra_optuna5_sweeper._prepare import _PrepareMixin
 from hydra_plugins.hydra_optuna5_sweeper._settings import Checked, SweeperSettings
 from hydra_plugins.hydra_optuna5_sweeper._space import SearchSpace
-from hydra_plugins.hydra_optuna5_sweeper._study import _Heartbeat, _StudyError, _StudyMixin
+from hydra_plugins.hydra_optuna5_sweeper._study import (
+    _database_error,
+    _Heartbeat,
+    _StudyError,
+    _StudyMixin,
+)
 from hydra_plugins.hydra_optuna5_sweeper._tell import _TellMixin
 from hydra_plugins.hydra_optuna5_sweeper._util import (
     PASSWORD_ENV,
@@ -67,18 +72,6 @@ log = logging.getLogger(__name__)
 DEBUG_ENV = "OPTUNA5_SWEEPER_DEBUG"
 # seconds between looks at the study while the trials still missing run in other processes
 WAIT_SECONDS = 2.0
-
-
-def _storage_error(err: BaseException) -> bool:
-    """The study's database failed (not the job, not a bug): Optuna's storage error, or
-    SQLAlchemy's error for a connection or an operation the database could not do."""
-    from optuna.exceptions import StorageInternalError
-
-    try:
-        from sqlalchemy.exc import DBAPIError
-    except ImportError:  # no RDB storage without SQLAlchemy
-        DBAPIError = StorageInternalError  # noqa: N806
-    return isinstance(err, (StorageInternalError, DBAPIError))
 
 
 class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweeper):
@@ -201,7 +194,7 @@ class OptunaSweeper(_PrepareMixin, _StudyMixin, _TellMixin, _OutputsMixin, Sweep
         try:
             in_a_row, stop_error = self._loop(study, space, job_url, plus)
         except Exception as err:
-            if not _storage_error(err):
+            if not _database_error(err):
                 raise
             # The database went away for longer than a reconnect: one line; what finished is
             # saved, and trials left RUNNING are reclaimed (heartbeats) when the search resumes.
